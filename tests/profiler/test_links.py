@@ -1,0 +1,55 @@
+"""`python -m profiler links`: group layouts (pure) and one real multi-process sweep under torchrun."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from planner.profile import Profile
+from profiler.links import LinkSweep, group_layouts
+
+
+def test_group_layouts_one_node():
+    got = {(lvl, g): groups for lvl, g, groups in group_layouts(4, 4)}
+    assert got == {("intra_node", 2): [[0, 1], [2, 3]], ("intra_node", 4): [[0, 1, 2, 3]]}
+
+
+def test_group_layouts_two_nodes_cover_every_rank_once_per_layout():
+    for lvl, g, groups in group_layouts(8, 4):
+        flat = sorted(r for grp in groups for r in grp)
+        assert flat == list(range(8)) and all(len(grp) == g for grp in groups)
+        if lvl == "inter_node":  # one rank per node, same local rank
+            assert all(len({r // 4 for r in grp}) == g and len({r % 4 for r in grp}) == 1 for grp in groups)
+        else:
+            assert all(len({r // 4 for r in grp}) == 1 for grp in groups)
+    assert [(l, g) for l, g, _ in group_layouts(8, 4)] == [("intra_node", 2), ("intra_node", 4), ("inter_node", 2)]
+
+
+def test_group_layouts_non_power_of_two():
+    assert [g for _, g, _ in group_layouts(3, 3)] == [2, 3]
+    assert group_layouts(3, 3)[0][2] == [[0, 1]]  # the third rank idles while pairs measure
+
+
+def test_sweep_sizes():
+    assert LinkSweep(min_bytes=1024, max_bytes=16384, factor=4).sizes() == [1024, 4096, 16384]
+
+
+def test_links_under_torchrun_writes_fitted_profile(tmp_path):
+    out = tmp_path / "links.json"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           "-m", "profiler", "links", "--out", str(out), "--min-bytes", "4KiB", "--max-bytes",
+                           "256KiB", "--factor", "8", "--repeats", "3", "--warmup", "1"],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    p = Profile.load(out)
+    assert p.header.backend == "gloo" and p.header.world_size == 2
+    ops = {(s.op, s.group_size, s.link_level) for s in p.collectives}
+    assert ops == {(op, 2, "intra_node") for op in
+                   ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "send_recv")}
+    assert len(p.collectives) == 5 * 3 * 3  # ops x sizes (4K, 32K, 256K) x repeats
+    for fit in p.fits.values():
+        assert fit.alpha_s >= 0 and fit.beta_s_per_byte >= 0
+    assert p.collective_time_s("all_reduce", 2, "intra_node", 64 * 1024) > 0
+    assert proc.stdout.count("alpha_us") == 1  # one summary, from rank 0
