@@ -1,0 +1,21 @@
+"""The cost model: step time and memory of a ParallelConfig (see planner/cost/step.py).
+
+Interface (stable; the search and the reports code against it)::
+
+    from planner.cost import CostModel, Estimate
+    cm = CostModel(model, cluster, profile=None)   # profile: optional planner.profile.Profile
+    cm.capacity_bytes                              # device memory minus the safety margin
+    est = cm.estimate(config)                      # Estimate; ConfigError if invalid, never for does-not-fit
+    mem = cm.memory(config)                        # MemoryEstimate: the memory half alone, cheap
+    pin = cm.partition_inputs(config)              # PartitionInputs: per-layer vectors for the partitioner
+
+Files: efficiency.py (the calibrated constants), compute.py (block times), memory.py (bytes per rank),
+sync.py (DP sync, optimizer), pipeline.py (schedule simulation), assemble.py (step time and breakdown),
+types.py (the result types).
+"""
+
+from planner.cost.step import CostModel, CostOptions
+from planner.cost.types import BREAKDOWN_TERMS, Estimate, MemoryEstimate, PartitionInputs, StageMemory
+
+__all__ = ["CostModel", "CostOptions", "Estimate", "MemoryEstimate", "PartitionInputs", "StageMemory",
+           "BREAKDOWN_TERMS"]

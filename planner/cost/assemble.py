@@ -1,0 +1,158 @@
+"""Step-time assembly: simulate the pipeline, add the exposed DP sync, ZeRO-3 gathers and the optimizer,
+and split the result into the breakdown terms (which add up to the step time)."""
+
+from __future__ import annotations
+
+from planner.collectives import group_layout
+from planner.cost import memory as mem
+from planner.cost.pipeline import makespan
+from planner.cost.sync import exposed_after_backward_s, grad_sync_s, optimizer_s
+from planner.cost.types import Estimate
+from planner.errors import ConfigError
+from planner.parallel_config import ParallelConfig
+
+try:
+    from planner import compression as _compression
+except ImportError:  # pragma: no cover
+    _compression = None
+
+
+def _p2p_s(cm, config: ParallelConfig) -> float:
+    """One stage-to-stage activation transfer (Narayanan et al. 2021 Sec 3.2: b s h per micro-batch);
+    with the scatter/gather optimisation each TP rank sends 1/t over the network and the receivers
+    all-gather it over NVLink (Sec 4.1)."""
+    if config.pp <= 1:
+        return 0.0
+    m = cm.model
+    nbytes = config.micro_batch_size * config.seq_len * m.hidden_size * m.dtype_bytes
+    t = config.tp
+    if t > 1 and (config.sequence_parallel or cm.options.pp_scatter_gather):
+        gather = 0.0 if config.sequence_parallel else cm.comm.time_s("all_gather", nbytes, t, min(t, cm.cluster.devices_per_node))
+        nbytes /= t
+    else:
+        gather = 0.0
+    return cm.comm.p2p_s(nbytes, config.degrees) + gather
+
+
+def _rank_params(cm, config: ParallelConfig) -> list[tuple[float, float]]:
+    """(dense elements, expert elements) on one rank of each pipeline rank."""
+    g = cm.graph
+    per_type = []
+    for lt in g.layer_types:
+        d = e = 0.0
+        for b in lt.blocks:
+            x, y = mem.block_params_on_rank(b, config.tp, config.ep)
+            d, e = d + x, e + y
+        per_type.append((d, e))
+    out = [[0.0, 0.0] for _ in range(config.pp)]
+    ranges = config.chunk_layer_ranges(cm.model)
+    for c, (lo, hi) in enumerate(ranges):
+        r = ParallelConfig.chunk_to_pp_rank(c, config.pp, config.schedule)
+        for i in range(lo, hi):
+            d, e = per_type[g.type_of_layer(i)]
+            out[r][0] += d
+            out[r][1] += e
+    emb = mem.block_params_on_rank(g.embedding, config.tp, config.ep)[0]
+    head = mem.block_params_on_rank(g.head, config.tp, config.ep)[0]
+    if cm.model.tied_embeddings and config.pp > 1:
+        head += cm.model.vocab_size * cm.model.hidden_size / config.tp
+    out[0][0] += emb
+    out[ParallelConfig.chunk_to_pp_rank(len(ranges) - 1, config.pp, config.schedule)][0] += head
+    return [tuple(x) for x in out]
+
+
+def assemble(cm, config: ParallelConfig) -> Estimate:
+    if config.compression != "none" and _compression is not None:
+        _compression.check_combination(config.grad_sync, config.compression)
+    elif config.compression != "none" and config.grad_sync != "allreduce" and config.compression not in ("fp16", "bf16"):
+        raise ConfigError(f"compression {config.compression} needs grad_sync allreduce")
+    chunks = cm._chunks(config)
+    pp, v, m = config.pp, config.virtual_stages, config.num_micro_batches
+    split = config.schedule == "zbv"
+    f = tuple(c[0] for c in chunks)
+    w = tuple(c[2] for c in chunks) if split else (0.0,) * len(chunks)
+    b = tuple(c[1] - wi for c, wi in zip(chunks, w))
+    p2p = _p2p_s(cm, config)
+    res = makespan(config.schedule, pp, v, m, f, b, w, p2p)
+    res0 = makespan(config.schedule, pp, v, m, f, b, w, 0.0) if pp > 1 and p2p > 0 else res
+    rank_of = [ParallelConfig.chunk_to_pp_rank(c, pp, config.schedule) for c in range(len(chunks))]
+    busy = [0.0] * pp
+    last_bwd = [0.0] * pp
+    first_fwd = [0.0] * pp
+    for c, ch in enumerate(chunks):
+        busy[rank_of[c]] += m * (ch[0] + ch[1])
+        last_bwd[rank_of[c]] += ch[1]
+        first_fwd[rank_of[c]] += ch[0]
+    crit = max(range(pp), key=lambda r: busy[r])
+
+    # --- DP gradient sync, per pipeline rank, from its finish time
+    comm = cm._axis_comm(config)
+    dpn = cm.cluster.devices_per_node
+    mdl = cm.model
+    params = _rank_params(cm, config)
+    edp = max(config.tp * config.dp // config.ep, 1)
+    end_all = res.makespan_s
+    opt_s = 0.0
+    zero3 = 0.0
+    codec_total = 0.0
+    for r in range(pp):
+        dense, expert = params[r]
+        rs, nb, ag, codec = grad_sync_s(comm, config, dense, "dp", config.dp, mdl.dtype_bytes, mdl.hidden_size,
+                                        cm.hw.hbm_bytes_per_s)
+        if expert:
+            rs_e, nb_e, ag_e, codec_e = grad_sync_s(comm, config, expert, "edp", edp, mdl.dtype_bytes,
+                                                    mdl.hidden_size, cm.hw.hbm_bytes_per_s)
+            rs, nb, ag, codec = rs + rs_e, nb + nb_e, ag + ag_e, codec + codec_e
+        exposed = exposed_after_backward_s(rs, nb, last_bwd[r], config.overlap_grad_reduce) + codec
+        if ag:  # updated parameters: gathered after the step, overlapped with the next forward when enabled
+            exposed += max(0.0, ag - first_fwd[r]) if config.overlap_grad_reduce else ag
+        end_all = max(end_all, res.finish_s[r] + exposed)
+        codec_total = max(codec_total, codec)
+        opt_s = max(opt_s, optimizer_s(dense + expert, config.zero_stage, config.dp if not expert else
+                                       min(config.dp, edp), cm.hw.hbm_bytes_per_s))
+        if config.zero_stage >= 3 and config.dp > 1:
+            n, per_node = group_layout(config.degrees, "dp", dpn)
+            gather = 2 * cm.comm.time_s("all_gather", dense * mdl.dtype_bytes, n, per_node)
+            per_mb = busy[r] / m
+            zero3 = max(zero3, m * max(0.0, gather - per_mb))
+    dp_exposed = end_all - res.makespan_s
+
+    # --- breakdown on the busiest rank
+    comp = rec = tp = ep = 0.0
+    for c, ch in enumerate(chunks):
+        if rank_of[c] != crit:
+            continue
+        bt, extra = ch[3], ch[4]
+        comp += bt.fwd_compute_s + bt.bwd_compute_s
+        rec += extra
+        tp += bt.tp_fwd_s + bt.tp_bwd_s
+        ep += bt.ep_fwd_s + bt.ep_bwd_s
+    comp, rec, tp, ep = comp * m, rec * m, tp * m, ep * m
+    pp_comm = max(0.0, res.makespan_s - res0.makespan_s)
+    bubble = max(0.0, res0.makespan_s - busy[crit])
+    breakdown = {"compute": comp, "recompute": rec, "tp_comm": tp, "ep_comm": ep, "pp_comm": pp_comm,
+                 "pp_bubble": bubble, "dp_sync_exposed": dp_exposed, "zero3_gather": zero3, "optimizer": opt_s}
+    step = sum(breakdown.values())
+
+    from planner.cost.step import bottleneck_words
+
+    memory = cm._memory(config)
+    model_flops, hw_flops = cm.model_flops_per_step(config)
+    world = config.world_size
+    peak = cm.hw.peak_flops
+    tflops = model_flops / step / world / 1e12
+    hfu_tflops = hw_flops / step / world / 1e12
+    notes = []
+    if not memory.fits:
+        notes.append(f"does not fit: the fullest rank needs {memory.peak_memory_bytes / 2**30:.2f} GiB, "
+                     f"{memory.excess_bytes / 2**30:.2f} GiB over the {memory.capacity_bytes / 2**30:.2f} GiB capacity")
+    if codec_total:
+        notes.append(f"compression codec adds {codec_total * 1e3:.1f} ms per step on the compute stream")
+    return Estimate(
+        config=config, step_time_s=step, tflops_per_gpu=tflops, hfu_tflops_per_gpu=hfu_tflops,
+        mfu=tflops * 1e12 / peak, hfu=hfu_tflops * 1e12 / peak,
+        tokens_per_s_per_gpu=config.global_batch_size * config.seq_len / step / world,
+        peak_memory_bytes=memory.peak_memory_bytes, capacity_bytes=memory.capacity_bytes, fits=memory.fits,
+        memory_by_stage=memory.memory_by_stage, breakdown=breakdown,
+        chunk_times_s=tuple(ch[0] + ch[1] for ch in chunks), bottleneck=bottleneck_words(breakdown),
+        notes=tuple(notes))

@@ -1,0 +1,316 @@
+"""CostModel: step time and memory of one ParallelConfig, assembled from per-block-type terms.
+
+step time = pipeline makespan (simulated schedule over per-chunk forward / backward times, PP send/recv on
+the dependency edges) + exposed DP gradient sync + exposed ZeRO-3 gathers + optimizer step.
+The breakdown splits the makespan of the busiest pipeline rank into compute, recompute, TP, EP
+communication, pipeline send/recv (makespan minus the makespan without p2p) and bubble (the rest).
+
+Per-block-type results are cached (a model has 2-4 distinct blocks), so one estimate costs a few dict
+look-ups, two cached pipeline simulations and a handful of formulas.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from planner.cluster_spec import ClusterSpec
+from planner.collectives import Collectives, group_layout
+from planner.cost import efficiency as eff
+from planner.cost import memory as mem
+from planner.cost.compute import ZERO, BlockTime, Hardware, Shape, block_time, profiled_block_time
+from planner.cost.pipeline import inflight_per_chunk, makespan
+from planner.cost.types import BREAKDOWN_WORDS, Estimate, MemoryEstimate, PartitionInputs, StageMemory
+from planner.layer_graph import Block, LayerGraph, layer_graph
+from planner.model_spec import ModelSpec
+from planner.parallel_config import ParallelConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CostOptions:
+    """Framework features that change cost but are not parallel-config decisions."""
+
+    flash_attention: bool = True
+    """FlashAttention (no s x s activations; fused softmax). Megatron-LM before 2023 had none."""
+    dropout: bool | None = None
+    """Dropout layers present; None: models with learned positions (GPT-2 / Megatron GPT) have them."""
+    tp_comm_overlap: bool = False
+    """TP collectives overlapped with matmuls (Megatron-Core ``--tp-comm-overlap``, Transformer Engine)."""
+    pp_scatter_gather: bool = True
+    """Send 1/t of each activation between stages and all-gather over NVLink (Narayanan et al. 2021 Sec 4.1)."""
+
+
+@lru_cache(maxsize=4096)
+def _type_counts(graph: LayerGraph, first: int, last: int, n_full: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(layers per type, of which under full recompute) for [first, last); full recompute covers the
+    chunk's first n_full layers (Megatron ``--recompute-num-layers`` with the uniform/block method)."""
+    counts = [0] * len(graph.layer_types)
+    full = [0] * len(graph.layer_types)
+    for i in range(first, last):
+        t = graph.type_of_layer(i)
+        counts[t] += 1
+        if i - first < n_full:
+            full[t] += 1
+    return tuple(counts), tuple(full)
+
+
+class CostModel:
+    """Prices a ParallelConfig for ``model`` on ``cluster``.
+
+    ``profile``: optional planner.profile.Profile; where it measured a block (``block_time_s``) or a
+    collective (``collective_time_s``) it replaces the analytical number; uncovered queries fall back to the
+    spec sheet with one warning each. ``estimate`` raises ConfigError for an invalid config and never for one
+    that does not fit (``Estimate.fits`` says so). ``capacity_bytes`` is the device memory minus
+    ``efficiency.MEMORY_SAFETY_MARGIN``.
+    """
+
+    def __init__(self, model: ModelSpec, cluster: ClusterSpec, profile: Any = None,
+                 options: CostOptions | None = None):
+        self.model, self.cluster = model, cluster
+        self.options = options or CostOptions()
+        if profile is not None and hasattr(profile, "for_cluster"):
+            profile = profile.for_cluster(cluster)
+        self.profile = profile
+        self.graph = layer_graph(model, self.options.flash_attention, self.options.dropout)
+        self.hw = Hardware(peak_flops=cluster.device.flops(model.dtype),
+                           hbm_bytes_per_s=cluster.device.hbm_bandwidth_bytes_per_s,
+                           family=eff.device_family(cluster.device.name))
+        self.comm = Collectives(cluster, profile)
+        self.capacity_bytes = float(cluster.device.memory_bytes) * (1.0 - eff.MEMORY_SAFETY_MARGIN)
+        self._block_cache: dict[tuple, BlockTime] = {}
+        self._warned: set[tuple] = set()
+
+    # ------------------------------------------------------------------ block times
+    def _axis_comm(self, config: ParallelConfig):
+        dpn = self.cluster.devices_per_node
+        degrees = config.degrees
+
+        def comm(op: str, nbytes: float, axis: str) -> float:
+            n, per_node = group_layout(degrees, axis, dpn)
+            return self.comm.time_s(op, nbytes, n, per_node)
+        return comm
+
+    def block_time(self, block: Block, config: ParallelConfig) -> BlockTime:
+        """One micro-batch of ``block`` under ``config`` (cached per block type and shape)."""
+        ep_layout = group_layout(config.degrees, "ep", self.cluster.devices_per_node) if block.a2a_bytes else ()
+        key = (id(block), config.micro_batch_size, config.seq_len, config.tp, config.sequence_parallel, config.ep,
+               ep_layout)
+        got = self._block_cache.get(key)
+        if got is not None:
+            return got
+        m = self.model
+        shape = Shape(config.micro_batch_size, config.seq_len, config.tp, config.sequence_parallel, config.ep,
+                      m.dtype_bytes, m.hidden_size, m.num_experts)
+        got = block_time(block, shape, self.hw, self._axis_comm(config),
+                         flash_attention=self.options.flash_attention, tp_comm_overlap=self.options.tp_comm_overlap)
+        if self.profile is not None:
+            got = self._profiled(block, config, got)
+        self._block_cache[key] = got
+        return got
+
+    def _profiled(self, block: Block, config: ParallelConfig, analytic: BlockTime) -> BlockTime:
+        args = (block.kind, config.tp, config.micro_batch_size, config.seq_len, config.sequence_parallel)
+        try:
+            measured = self.profile.block_time_s(*args, model=self.model, dtype=self.model.dtype)
+            rec = self.profile.recompute_time_s(*args, model=self.model, dtype=self.model.dtype) if measured else None
+        except TypeError:  # a profile object with the bare documented signature
+            measured = self.profile.block_time_s(*args)
+            rec = None
+        if measured is None:
+            if args not in self._warned:
+                self._warned.add(args)
+                log.warning("profile does not cover %s at tp=%d mb=%d seq=%d sp=%s; using the analytical model",
+                            *args)
+            return analytic
+        return profiled_block_time(analytic, measured, rec)
+
+    def _layer_times(self, config: ParallelConfig) -> list[BlockTime]:
+        return [self.block_time(lt.attention, config).plus(self.block_time(lt.ffn, config))
+                for lt in self.graph.layer_types]
+
+    @staticmethod
+    def _extra(bt: BlockTime, recompute: str) -> float:
+        return bt.full_extra_s if recompute == "full" else bt.selective_extra_s if recompute == "selective" else 0.0
+
+    # ------------------------------------------------------------------ per chunk
+    def _chunks(self, config: ParallelConfig):
+        """Per chunk: (fwd_s, bwd_s incl. recompute, weight-grad part, BlockTime sum, recompute extra)."""
+        lts = self._layer_times(config)
+        emb = self.block_time(self.graph.embedding, config)
+        head = self.block_time(self.graph.head, config)
+        ranges = config.chunk_layer_ranges(self.model)
+        full_layers = config.stage_recompute_layers or (0,) * len(ranges)
+        out = []
+        last = len(ranges) - 1
+        for c, (a, b) in enumerate(ranges):
+            counts, full = _type_counts(self.graph, a, b, full_layers[c])
+            total, extra = ZERO, 0.0
+            for t, n in enumerate(counts):
+                if n:
+                    total = total.plus(lts[t].scaled(n))
+                    extra += full[t] * lts[t].full_extra_s + (n - full[t]) * self._extra(lts[t], config.recompute)
+            if c == 0:
+                total = total.plus(emb)
+            if c == last:
+                total = total.plus(head)
+            out.append((total.fwd_s, total.bwd_s + extra, total.bwd_weight_s, total, extra))
+        return out
+
+    # ------------------------------------------------------------------ memory
+    def memory(self, config: ParallelConfig) -> MemoryEstimate:
+        """Peak memory per pipeline rank (the search prunes with this; no time terms computed)."""
+        config.validate_for(self.model, self.cluster.world_size)
+        return self._memory(config)
+
+    def _static(self, block: Block, config: ParallelConfig) -> tuple[float, float, float]:
+        dense, expert = mem.block_params_on_rank(block, config.tp, config.ep)
+        d = mem.bytes_per_param(self.model.dtype_bytes, config.zero_stage, config.dp)
+        edp = max(config.tp * config.dp // config.ep, 1)
+        e = mem.bytes_per_param(self.model.dtype_bytes, config.zero_stage, edp)
+        return (dense * d.weights + expert * e.weights, dense * d.grads + expert * e.grads,
+                dense * d.optimizer + expert * e.optimizer)
+
+    def _activation(self, block: Block, config: ParallelConfig, recompute: str, layer_block: bool = True) -> float:
+        return mem.activation_bytes(block, tokens=config.micro_batch_size * config.seq_len, seq_len=config.seq_len,
+                                    tp=config.tp, sequence_parallel=config.sequence_parallel, recompute=recompute,
+                                    dtype_bytes=self.model.dtype_bytes, hidden=self.model.hidden_size,
+                                    is_layer_block=layer_block)
+
+    def _layer_memory(self, config: ParallelConfig):
+        """Per layer type: (static w/g/o triple, activation bytes under config.recompute, under full)."""
+        out = []
+        for lt in self.graph.layer_types:
+            sa, sf = self._static(lt.attention, config), self._static(lt.ffn, config)
+            static = tuple(x + y for x, y in zip(sa, sf))
+            act = self._activation(lt.attention, config, config.recompute) + self._activation(lt.ffn, config,
+                                                                                             config.recompute)
+            act_full = self._activation(lt.attention, config, "full") + self._activation(lt.ffn, config, "full")
+            out.append((static, act, act_full))
+        return out
+
+    def _memory(self, config: ParallelConfig) -> MemoryEstimate:
+        m, pp = self.model, config.pp
+        layer_mem = self._layer_memory(config)
+        ranges = config.chunk_layer_ranges(m)
+        full_layers = config.stage_recompute_layers or (0,) * len(ranges)
+        inflight = inflight_per_chunk(config.schedule, pp, config.virtual_stages, config.num_micro_batches)
+        emb_static = self._static(self.graph.embedding, config)
+        head_static = self._static(self.graph.head, config)
+        if m.tied_embeddings and pp > 1:  # the last stage keeps its own copy of the word embedding
+            word = Block(kind="embedding", params=m.vocab_size * m.hidden_size)
+            head_static = tuple(x + y for x, y in zip(head_static, self._static(word, config)))
+        emb_act = self._activation(self.graph.embedding, config, "none", False)
+        head_act = self._activation(self.graph.head, config, "none", False)
+        w = [0.0] * pp
+        g = [0.0] * pp
+        o = [0.0] * pp
+        a = [0.0] * pp
+        last = len(ranges) - 1
+        for c, (lo, hi) in enumerate(ranges):
+            r = ParallelConfig.chunk_to_pp_rank(c, pp, config.schedule)
+            counts, full = _type_counts(self.graph, lo, hi, full_layers[c])
+            act = 0.0
+            for t, n in enumerate(counts):
+                if n:
+                    static, act_t, act_full = layer_mem[t]
+                    w[r] += n * static[0]
+                    g[r] += n * static[1]
+                    o[r] += n * static[2]
+                    act += (n - full[t]) * act_t + full[t] * act_full
+            if c == 0:
+                w[r] += emb_static[0]
+                g[r] += emb_static[1]
+                o[r] += emb_static[2]
+                act += emb_act
+            if c == last:
+                w[r] += head_static[0]
+                g[r] += head_static[1]
+                o[r] += head_static[2]
+                act += head_act
+            a[r] += act * inflight[c]
+        other = self._other_bytes(config)
+        stages = tuple(StageMemory(r, w[r], g[r], o[r], a[r], other) for r in range(pp))
+        return MemoryEstimate(stages, self.capacity_bytes)
+
+    def _other_bytes(self, config: ParallelConfig) -> float:
+        m = self.model
+        gather = 0.0
+        if config.zero_stage >= 3:  # two layers' full weights gathered at once (current + prefetch)
+            lt = self.graph.layer_types[-1]
+            dense = sum(mem.block_params_on_rank(b, config.tp, config.ep)[0] for b in lt.blocks)
+            gather = 2 * dense * m.dtype_bytes
+        return mem.other_bytes(tokens=config.micro_batch_size * config.seq_len, hidden=m.hidden_size,
+                               dtype_bytes=m.dtype_bytes, tp=config.tp, sequence_parallel=config.sequence_parallel,
+                               bucket_size_bytes=config.bucket_size_bytes, dp=config.dp, pp=config.pp,
+                               zero3_gather_bytes=gather)
+
+    # ------------------------------------------------------------------ FLOPs
+    def model_flops_per_step(self, config: ParallelConfig) -> tuple[float, float]:
+        """(model FLOPs, hardware FLOPs) of one step over all GPUs (Korthikanti eq. 7 / eq. 8 generalised)."""
+        s = config.seq_len
+        fwd_layers = 0.0
+        core = 0.0
+        for lt in self.graph.layer_types:
+            n = len(lt.layers)
+            for b in lt.blocks:
+                fwd_layers += n * (b.gemm_flops + b.expert_gemm_flops + s * b.core_flops_per_seq)
+                core += n * s * b.core_flops_per_seq
+        fwd = fwd_layers + self.graph.head.gemm_flops
+        tokens = config.global_batch_size * s
+        model = 3 * fwd * tokens
+        if config.recompute == "full" or any(config.stage_recompute_layers):
+            share = 1.0 if config.recompute == "full" else sum(config.stage_recompute_layers) / self.model.num_layers
+            extra = share * fwd_layers + (1 - share) * (core if config.recompute == "selective" else 0.0)
+        elif config.recompute == "selective" and not self.options.flash_attention:
+            extra = core
+        else:
+            extra = 0.0
+        return model, model + extra * tokens
+
+    # ------------------------------------------------------------------ estimate
+    def estimate(self, config: ParallelConfig) -> Estimate:
+        """Step time, throughput, memory and breakdown of ``config`` (ConfigError if invalid)."""
+        config.validate_for(self.model, self.cluster.world_size)
+        from planner.cost.assemble import assemble  # local: keeps this file to the per-chunk terms
+
+        return assemble(self, config)
+
+    def partition_inputs(self, config: ParallelConfig) -> PartitionInputs:
+        """Per-layer time and memory vectors for the stage partitioner (see PartitionInputs)."""
+        config.validate_for(self.model, self.cluster.world_size)
+        lts = self._layer_times(config)
+        layer_mem = self._layer_memory(config)
+        L = self.model.num_layers
+        types = [self.graph.type_of_layer(i) for i in range(L)]
+        per_type_time = [bt.fwd_s + bt.bwd_s + self._extra(bt, config.recompute) for bt in lts]
+        per_type_full = [bt.full_extra_s - self._extra(bt, config.recompute) for bt in lts]
+        emb = self.block_time(self.graph.embedding, config)
+        head = self.block_time(self.graph.head, config)
+        mem_est = self._memory(config)
+        emb_static = sum(self._static(self.graph.embedding, config))
+        head_static = sum(self._static(self.graph.head, config))
+        if self.model.tied_embeddings and config.pp > 1:
+            head_static += sum(self._static(Block(kind="embedding", params=self.model.vocab_size
+                                                  * self.model.hidden_size), config))
+        return PartitionInputs(
+            layer_time_s=tuple(per_type_time[t] for t in types),
+            layer_full_recompute_extra_s=tuple(per_type_full[t] for t in types),
+            layer_static_bytes=tuple(sum(layer_mem[t][0]) for t in types),
+            layer_activation_bytes=tuple(layer_mem[t][1] for t in types),
+            layer_activation_full_recompute_bytes=tuple(layer_mem[t][2] for t in types),
+            embed_time_s=emb.fwd_s + emb.bwd_s, embed_static_bytes=emb_static,
+            embed_activation_bytes=self._activation(self.graph.embedding, config, "none", False),
+            head_time_s=head.fwd_s + head.bwd_s, head_static_bytes=head_static,
+            head_activation_bytes=self._activation(self.graph.head, config, "none", False),
+            inflight_microbatches=inflight_per_chunk(config.schedule, config.pp, config.virtual_stages,
+                                                     config.num_micro_batches),
+            rank_other_bytes=mem_est.memory_by_stage[0].other_bytes, capacity_bytes=self.capacity_bytes)
+
+
+def bottleneck_words(breakdown: dict[str, float]) -> str:
+    key = max(breakdown, key=lambda k: breakdown[k])
+    return BREAKDOWN_WORDS.get(key, key)
