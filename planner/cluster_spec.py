@@ -194,9 +194,15 @@ def _num(v: Any, what: str) -> float:
             v = float(v)
         except ValueError:
             raise SpecError(f"{what} must be a number, got {v!r}") from None
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise SpecError(f"{what} must be a finite number, got {v!r}")
-    return float(v)
+    try:
+        v = float(v)
+    except OverflowError:  # an integer beyond float range
+        raise SpecError(f"{what} must be a finite number, got an integer of {len(str(abs(v)))} digits") from None
+    if not math.isfinite(v):
+        raise SpecError(f"{what} must be a finite number, got {v!r}")
+    return v
 
 
 def _int(v: Any, what: str) -> int:
@@ -269,8 +275,12 @@ def resolve_cluster(arg: str, gpus: int | None = None, nodes: int | None = None)
         base = CLUSTER_PRESETS[arg]
     else:
         path = Path(arg)
-        if not path.exists():
-            raise SpecError(f"unknown cluster {arg!r}: not a preset ({', '.join(cluster_names())}) and no such file")
+        try:
+            exists = path.exists()
+        except OSError:  # e.g. a name longer than the file system allows: not a file either
+            exists = False
+        if not exists:
+            raise SpecError(f"unknown cluster {arg[:200]!r}: not a preset ({', '.join(cluster_names())}) and no such file")
         from planner.io import read_json_or_yaml
 
         base = ClusterSpec.from_dict(read_json_or_yaml(path, "cluster file"), str(path))

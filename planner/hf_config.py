@@ -7,6 +7,7 @@ DeepseekV3Config, GPT2Config). A missing required field is a one-line error nami
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Callable
 
@@ -46,7 +47,8 @@ class _Fields:
 
     def _int(self, name: str) -> int:
         v = self.cfg[name]
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or int(v) != v:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or (
+                isinstance(v, float) and (not math.isfinite(v) or not v.is_integer())):
             raise SpecError(f"{self.source}: field {name!r} must be an integer, got {v!r}")
         if v < 0:
             raise SpecError(f"{self.source}: field {name!r} must be non-negative, got {v!r}")
@@ -195,7 +197,7 @@ def model_from_hf_config(cfg: Any, name: str, source: str = "config.json") -> Mo
     model_type = cfg.get("model_type")
     if model_type is None:
         raise SpecError(f"{source}: missing required field 'model_type'")
-    if model_type not in FAMILIES:
+    if not isinstance(model_type, str) or model_type not in FAMILIES:
         raise SpecError(
             f"{source}: unknown model_type {model_type!r} (supported: {', '.join(sorted(FAMILIES))})")
     return ModelSpec(**FAMILIES[model_type](_Fields(cfg, source), name))

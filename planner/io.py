@@ -55,6 +55,7 @@ def staged_directory(final_dir: str | os.PathLike) -> Iterator[Path]:
     """
     final_dir = Path(final_dir)
     final_dir.parent.mkdir(parents=True, exist_ok=True)
+    _recover_interrupted_swap(final_dir)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.", suffix=".partial", dir=final_dir.parent))
     try:
         yield tmp
@@ -65,9 +66,29 @@ def staged_directory(final_dir: str | os.PathLike) -> Iterator[Path]:
     if final_dir.exists():
         old = final_dir.with_name(f".{final_dir.name}.old-{os.getpid()}")
         os.replace(final_dir, old)
-    os.replace(tmp, final_dir)
+    try:
+        os.replace(tmp, final_dir)
+    except BaseException:
+        # Two renames cannot be one atomic step: put the previous version back, drop the new one.
+        if old is not None:
+            os.replace(old, final_dir)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _recover_interrupted_swap(final_dir: Path) -> None:
+    """A process killed between staged_directory's two renames leaves the previous version as
+    ``.<name>.old-<pid>`` and no ``<name>``: restore it, so the previous version survives the kill."""
+    if final_dir.exists():
+        return
+    for old in sorted(final_dir.parent.glob(f".{final_dir.name}.old-*")):
+        try:
+            os.replace(old, final_dir)
+            return
+        except OSError:
+            continue
 
 
 def read_json(path: str | os.PathLike, what: str = "file") -> Any:
@@ -82,9 +103,18 @@ def read_json(path: str | os.PathLike, what: str = "file") -> Any:
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError(f"cannot read {what} {path}: {exc}") from None
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=_reject_constant)
     except json.JSONDecodeError as exc:
         raise SpecError(f"{what} {path} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except RecursionError:
+        raise SpecError(f"{what} {path} is nested too deeply to be a valid input") from None
+    except ValueError as exc:  # NaN/Infinity literals, integers longer than Python's digit limit
+        raise SpecError(f"{what} {path} is not valid JSON: {exc}") from None
+
+
+def _reject_constant(name: str) -> Any:
+    """Strict JSON: NaN / Infinity are not JSON, and a NaN size or time would poison every result."""
+    raise ValueError(f"{name} is not a valid JSON number")
 
 
 def read_json_or_yaml(path: str | os.PathLike, what: str = "file") -> Any:
@@ -107,3 +137,7 @@ def read_json_or_yaml(path: str | os.PathLike, what: str = "file") -> Any:
     except yaml.YAMLError as exc:
         first = str(exc).splitlines()[0] if str(exc) else "syntax error"
         raise SpecError(f"{what} {path} is not valid YAML: {first}") from None
+    except RecursionError:
+        raise SpecError(f"{what} {path} is nested too deeply to be a valid input") from None
+    except ValueError as exc:  # e.g. an integer longer than Python's digit limit
+        raise SpecError(f"{what} {path} is not valid YAML: {exc}") from None

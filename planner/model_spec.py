@@ -18,6 +18,16 @@ NORMS = ("layernorm", "rmsnorm")
 ACTIVATIONS = ("gelu", "swiglu")
 POSITIONS = ("learned", "rope")
 ROUTER_SCORING = ("softmax", "sigmoid")
+MAX_SIZE = 10_000_000
+"""Largest accepted width, head count, vocabulary, sequence or expert count: far above any real model."""
+MAX_LAYERS = 100_000
+"""Largest accepted layer count (real models: < 200); parameter counting loops over layers."""
+
+
+def _brief(v: int) -> str:
+    """An absurd integer, shown without printing hundreds of digits into a one-line error."""
+    text = str(v)
+    return text if len(text) <= 24 else f"{text[:6]}...({len(text)} digits)"
 
 
 @dataclass(frozen=True)
@@ -117,10 +127,17 @@ class ModelSpec:
         ):
             non_negative(n)
         positive("moe_layer_freq")
-        # Absurd sizes overflow nothing in Python but make every downstream number meaningless.
-        for n in ("num_layers", "hidden_size", "ffn_hidden_size", "num_heads", "vocab_size", "seq_len"):
-            if getattr(self, n) > 10_000_000:
-                raise SpecError(f"model {self.name!r}: {n}={getattr(self, n)} is implausibly large (> 1e7)")
+        # Absurd sizes overflow nothing in Python but make every downstream number meaningless (a float
+        # conversion of 10**400 raises), and a huge layer count makes every per-layer loop crawl.
+        for n in ("hidden_size", "ffn_hidden_size", "num_heads", "vocab_size", "seq_len", "num_kv_heads", "head_dim",
+                  "max_position_embeddings", "num_experts", "moe_top_k", "moe_ffn_hidden_size", "num_shared_experts",
+                  "shared_expert_ffn_hidden_size", "first_dense_layers", "moe_layer_freq", "q_lora_rank",
+                  "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"):
+            if getattr(self, n) > MAX_SIZE:
+                raise SpecError(f"model {self.name!r}: {n}={_brief(getattr(self, n))} is implausibly large (> 1e7)")
+        if self.num_layers > MAX_LAYERS:
+            raise SpecError(f"model {self.name!r}: num_layers={_brief(self.num_layers)} is implausibly large "
+                            f"(> {MAX_LAYERS})")
         for n, allowed in (("norm", NORMS), ("activation", ACTIVATIONS),
                            ("position_embedding", POSITIONS), ("router_scoring", ROUTER_SCORING)):
             if not isinstance(getattr(self, n), str) or getattr(self, n) not in allowed:
@@ -279,7 +296,7 @@ class ModelSpec:
         if not isinstance(data, dict):
             raise SpecError(f"{source}: expected a JSON object, got {type(data).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
+        unknown = sorted(set(data) - names, key=str)  # YAML keys may be ints
         if unknown:
             raise SpecError(f"{source}: unknown field {unknown[0]!r}")
         required = [f.name for f in dataclasses.fields(cls)

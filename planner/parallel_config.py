@@ -7,6 +7,7 @@ the search and the runtime can assume it is consistent.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,8 +69,14 @@ class ParallelConfig:
                            ("compression", COMPRESSION)):
             if getattr(self, n) not in allowed:
                 raise ConfigError(f"{n} must be one of {', '.join(allowed)}, got {getattr(self, n)!r}")
-        if self.zero_stage not in (0, 1, 2, 3):
+        if isinstance(self.zero_stage, bool) or self.zero_stage not in (0, 1, 2, 3):
             raise ConfigError(f"zero stage must be 0, 1, 2 or 3, got {self.zero_stage!r}")
+        for n in ("sequence_parallel", "overlap_grad_reduce"):
+            if not isinstance(getattr(self, n), bool):
+                raise ConfigError(f"{n} must be true or false, got {getattr(self, n)!r}")
+        p = self.compression_param
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not math.isfinite(p) or p < 0:
+            raise ConfigError(f"compression_param must be a finite number >= 0 (0: the method's default), got {p!r}")
         if self.schedule in ("gpipe", "1f1b") and self.virtual_stages != 1:
             raise ConfigError(f"schedule {self.schedule} runs one model chunk per rank; got virtual_stages="
                               f"{self.virtual_stages} (use interleaved)")
@@ -98,6 +105,8 @@ class ParallelConfig:
         if self.stage_recompute_layers:
             if len(self.stage_recompute_layers) != self.num_chunks:
                 raise ConfigError("stage_recompute_layers needs one entry per model chunk")
+            if any((isinstance(x, bool) or not isinstance(x, int) or x < 0) for x in self.stage_recompute_layers):
+                raise ConfigError("stage_recompute_layers must be non-negative integers")
             if self.stage_layers and any(r < 0 or r > n for r, n in zip(self.stage_recompute_layers,
                                                                        self.stage_layers)):
                 raise ConfigError("stage_recompute_layers must be between 0 and the chunk's layer count")
@@ -167,6 +176,10 @@ class ParallelConfig:
             raise ConfigError(f"{self.num_chunks} model chunks for {model.num_layers} layers: at most one chunk per layer")
         if self.stage_layers and sum(self.stage_layers) != model.num_layers:
             raise ConfigError(f"stage_layers sum to {sum(self.stage_layers)}, the model has {model.num_layers} layers")
+        if self.stage_recompute_layers and any(
+                r > n for r, n in zip(self.stage_recompute_layers, self.layers_per_chunk(model))):
+            raise ConfigError(f"stage_recompute_layers {list(self.stage_recompute_layers)} exceed the layers per chunk "
+                              f"{list(self.layers_per_chunk(model))}")
 
     # --- naming and serialisation -------------------------------------------------------------
     @property
@@ -207,7 +220,7 @@ class ParallelConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"{source}: expected an object, got {type(data).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
+        unknown = sorted(set(data) - names, key=str)  # YAML keys may be ints
         if unknown:
             raise ConfigError(f"{source}: unknown field {unknown[0]!r}")
         for f in dataclasses.fields(cls):

@@ -144,12 +144,17 @@ class Plan:
         for key in ("model", "cluster", "config", "stages", "inputs_digest"):
             if key not in data:
                 raise SpecError(f"{source}: missing required field {key!r}")
+        for key in ("predicted", "provenance"):
+            if data.get(key) is not None and not isinstance(data[key], dict):
+                raise SpecError(f"{source}: {key} must be an object, got {type(data[key]).__name__}")
         try:
             model = ModelSpec.from_dict(data["model"], f"{source}: model")
             cluster = ClusterSpec.from_dict(data["cluster"], f"{source}: cluster")
             config = ParallelConfig.from_dict(data["config"], f"{source}: config")
             placement = data.get("expert_placement") or []
-            if not isinstance(placement, list) or not all(isinstance(p, list) for p in placement):
+            if not isinstance(placement, list) or not all(
+                    isinstance(p, list) and all(isinstance(e, int) and not isinstance(e, bool) for e in p)
+                    for p in placement):
                 raise SpecError(f"{source}: expert_placement must be a list of lists of expert ids")
             plan = cls.build(model, cluster, config, predicted=data.get("predicted") or {},
                              provenance=data.get("provenance") or {}, expert_placement=placement)
@@ -162,6 +167,7 @@ class Plan:
         if check_digest and data["inputs_digest"] != plan.digest:
             raise SpecError(f"{source}: inputs_digest does not match the plan's model, cluster and config "
                             "(edited by hand?); re-run `python -m planner search`")
+        _check_summary(plan, data, source)
         return plan
 
     @classmethod
@@ -182,6 +188,16 @@ def _check_stages(plan: Plan, stages: Any, source: str) -> None:
             if got.get(k) != getattr(want, k):
                 raise SpecError(f"{source}: stage {want.chunk} {k}={got.get(k)!r} disagrees with config "
                                 f"({getattr(want, k)})")
+
+
+def _check_summary(plan: Plan, data: dict, source: str) -> None:
+    """The readable summary keys (name, world_size, rank_order, degrees) are written for people and other
+    tools; a hand edit there would be silently ignored, so it must agree with ``config`` or be refused."""
+    want = plan.to_dict()
+    for key in ("name", "world_size", "rank_order", "degrees"):
+        if key in data and data[key] != want[key]:
+            raise SpecError(f"{source}: {key}={data[key]!r} disagrees with the plan's config ({want[key]!r}); "
+                            "edit config (and re-run `python -m planner search`), not the summary")
 
 
 def _check_placement(plan: Plan, source: str) -> None:
