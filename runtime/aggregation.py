@@ -74,6 +74,12 @@ def default_devices_per_node() -> int:
     return int(os.environ.get("LOCAL_WORLD_SIZE", dist.get_world_size()))
 
 
+_KEEP_ALIVE: list = []
+"""Every group made here lives as long as the process. A gloo group whose last reference is dropped on one
+of its own worker threads (by a future callback's closure, as torch's PowerSGD hook holds) aborts the
+process ("Resource deadlock avoided": the thread joins itself); ``destroy_process_group`` still ends them."""
+
+
 class DpGroups:
     """Process groups the syncs run on, for this rank's DP group: a private clone of the DP group, the
     intra-node group of this rank, and the node leaders' group (None where this rank is not a member).
@@ -97,6 +103,7 @@ class DpGroups:
             if ranks == mine:
                 self.clone, self.leaders = clone, leaders
                 self.intra = intra[layout.node_of(me)]
+        _KEEP_ALIVE.extend(g for g in (self.clone, self.intra, self.leaders) if g is not None)
 
     @property
     def size(self) -> int:
@@ -190,7 +197,7 @@ class AggregationState:
     """None: sync inline in the hook (overlap_grad_reduce off)."""
 
 
-def aggregation_hook(state: AggregationState, bucket: dist.GradBucket) -> torch.futures.Future:
+def aggregation_hook(state: AggregationState, bucket):  # unannotated: DDP checks annotations as objects
     """DDP comm hook: average the bucket over the DP group with ``state.sum_fn`` on the comm thread."""
     buf = bucket.buffer()
 

@@ -109,7 +109,7 @@ def _quantise_rows(x_RC: torch.Tensor) -> torch.Tensor:
 
 
 def _dequantise_rows(packed_RC: torch.Tensor) -> torch.Tensor:
-    scale_R = packed_RC[:, :4].contiguous().view(torch.float32)  # (R, 1)
+    scale_R = packed_RC[:, :4].flatten().clone().view(torch.float32)[:, None]  # (R, 1)
     return packed_RC[:, 4:].to(torch.float32) * scale_R
 
 
@@ -132,9 +132,9 @@ def topk_sync(state: CompressionState, bucket: Any) -> torch.Tensor:
     buf = bucket.buffer()
     p, n = state.size, buf.numel()
     key = (bucket.index(), n)  # DDP rebuilds buckets after step 1: a stale residual is dropped, not misused
-    acc = buf.reshape(-1).to(torch.float32)
+    acc = buf.reshape(-1).to(torch.float32, copy=True)  # a copy: it becomes the residual, buf the output
     if key in state.residuals:
-        acc = acc + state.residuals[key]
+        acc.add_(state.residuals[key])
     k = model.topk_count(n, state.param)
     idx = acc.abs().topk(k, sorted=False).indices
     packed = torch.cat([acc[idx].view(torch.int32), idx.to(torch.int32)])
@@ -164,8 +164,8 @@ def sync(state: CompressionState, bucket: Any) -> torch.Tensor:
     return _SYNCS[state.method](state, bucket)
 
 
-def compression_hook(state: CompressionState, bucket: dist.GradBucket) -> torch.futures.Future:
-    """DDP comm hook: returns at once (comm thread) so the reduction overlaps with backward."""
+def compression_hook(state: CompressionState, bucket):  # no annotations: DDP checks them as objects, and
+    """DDP comm hook: returns at once (comm thread) so the reduction overlaps with backward."""  # ours are str
     if state.comm is None:
         fut: torch.futures.Future = torch.futures.Future()
         fut.set_result(sync(state, bucket))
