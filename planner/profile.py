@@ -46,7 +46,10 @@ from planner.fits import AlphaBetaFit, fit_alpha_beta
 SCHEMA_VERSION = 1
 PROFILE_KIND = "hybridplan.profile"
 BLOCK_KINDS = ("embedding", "attention", "mlp", "moe", "norm", "head")
-"""'head' is the final norm-free output projection + cross-entropy loss; 'norm' is one standalone norm."""
+"""As planner/layer_graph.py cuts the model: 'attention', 'mlp' and 'moe' include their input norm and
+residual add; 'head' is the final norm, output projection and cross-entropy loss; 'norm' is one standalone
+norm (optional). Times are one TP rank's, measured on a real TP group of ``tp`` ranks, so TP / SP
+collectives are included (the cost model adds nothing for them when the profile covers a block)."""
 COLLECTIVE_OPS = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "send_recv")
 LINK_LEVELS = ("intra_node", "inter_node")
 EXTRAPOLATION_FACTOR = 2.0

@@ -55,7 +55,7 @@ def run_links(args: argparse.Namespace) -> int:
             from profiler.cli import default_threads
 
             opts["threads"] = default_threads(args.nproc)
-        launch_local(links_worker, args.nproc, opts)
+        launch_local(links_worker, args.nproc, opts, threads_per_rank=opts["threads"])
     if os.environ.get("RANK", "0") == "0":
         print(_summary(Profile.load(args.out)))
     return 0

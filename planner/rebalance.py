@@ -1,0 +1,171 @@
+"""Dynamic load balancing: re-split the layers from measured per-stage compute times.
+
+Model of a measurement (why per-rank speed factors): a pipeline rank that measures slower than predicted
+is slower *as a device* (a shared core, thermal throttling, a noisy neighbour, ``--slow-stage``), so the
+slowdown stays with the rank when layers move. With ``P_r`` the cost model's predicted forward+backward
+time of one micro-batch on pipeline rank r under the running split and ``M_r`` its measured time,
+``speed_r = M_r / P_r``, and a candidate split costs ``speed_r x predicted(layers on r)`` on rank r.
+
+Solver: the search's CP-SAT partitioner (planner/search/partition.py), unchanged. Its problem takes
+per-layer times, not per-rank factors, so each layer is priced at the speed of the rank holding it in
+the current split, the problem is solved, and the layers are re-priced under the new split; a few such
+rounds, keeping the best split under the exact speed model (``objective_with_speeds``). The first round
+alone already moves layers off a slow rank by the right amount when the speeds differ little inside a
+round; the rounds fix the overshoot, and a final local search (one layer across one boundary at a time, exact
+speed model, memory checked by the partitioner's ``evaluate``) repairs the fixed point where a layer is
+still priced at the speed of the rank it would leave. (A ``rank_speed`` field on PartitionProblem would make it one exact
+solve; requested from the search engineer.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from planner.errors import ConfigError
+from planner.parallel_config import ParallelConfig
+
+ROUNDS = 4
+"""Re-pricing rounds (each one CP-SAT solve); the split repeats or cycles well before this on real plans."""
+
+
+@dataclass(frozen=True)
+class RebalanceResult:
+    stage_layers: tuple[int, ...]
+    stage_recompute_layers: tuple[int, ...]
+    speeds: tuple[float, ...]
+    """Measured / predicted compute time per pipeline rank under the original split."""
+    objective_before_s: float
+    """Makespan proxy (partition_problem objective) of the original split, with the measured speeds."""
+    objective_after_s: float
+    rounds: int
+    solver_status: str
+
+
+def rank_speeds(pin: Any, config: ParallelConfig, layers: Sequence[int], measured_chunk_s: Sequence[float]) -> tuple[float, ...]:
+    """speed_r = measured / predicted forward+backward of one micro-batch on pipeline rank r."""
+    predicted = chunk_times_s(pin, layers, [0] * len(layers))
+    pp = config.pp
+    pred_r, meas_r = [0.0] * pp, [0.0] * pp
+    for c, (p, m) in enumerate(zip(predicted, measured_chunk_s)):
+        r = ParallelConfig.chunk_to_pp_rank(c, pp, config.schedule)
+        pred_r[r] += p
+        meas_r[r] += m
+    if any(m <= 0 for m in meas_r):
+        raise ConfigError("measured trace has no compute time for some pipeline stage")
+    return tuple(m / p if p > 0 else 1.0 for m, p in zip(meas_r, pred_r))
+
+
+def chunk_times_s(pin: Any, layers: Sequence[int], recompute: Sequence[int]) -> list[float]:
+    """Predicted forward+backward seconds of one micro-batch per chunk (PartitionInputs semantics)."""
+    lt, extra = list(_get(pin, "layer_time_s")), list(_get(pin, "layer_full_recompute_extra_s"))
+    out, start = [], 0
+    for c, (n, r) in enumerate(zip(layers, recompute)):
+        t = sum(lt[start:start + n]) + sum(extra[start:start + r])
+        if c == 0:
+            t += float(_get(pin, "embed_time_s"))
+        if c == len(layers) - 1:
+            t += float(_get(pin, "head_time_s"))
+        out.append(t)
+        start += n
+    return out
+
+
+def objective_with_speeds(pin: Any, config: ParallelConfig, speeds: Sequence[float], layers: Sequence[int],
+                          recompute: Sequence[int]) -> float:
+    """The partitioner's makespan proxy (partition_problem.evaluate) with each chunk at its rank's speed."""
+    chunk = chunk_times_s(pin, layers, recompute)
+    ranks = [ParallelConfig.chunk_to_pp_rank(c, config.pp, config.schedule) for c in range(len(layers))]
+    chunk = [t * speeds[r] for t, r in zip(chunk, ranks)]
+    rank_t = [0.0] * config.pp
+    for t, r in zip(chunk, ranks):
+        rank_t[r] += t
+    m = config.num_micro_batches
+    if config.virtual_stages == 1:
+        return sum(chunk) + (m - 1) * max(rank_t)
+    return m * max(rank_t) + (config.pp - 1) * max(chunk)
+
+
+def _priced_inputs(pin: Any, config: ParallelConfig, speeds: Sequence[float], layers: Sequence[int]) -> dict:
+    """PartitionInputs with every layer (and the embedding / head) priced at its current rank's speed."""
+    d = {k: _get(pin, k) for k in ("layer_time_s", "layer_full_recompute_extra_s", "layer_static_bytes",
+                                   "layer_activation_bytes", "layer_activation_full_recompute_bytes",
+                                   "embed_time_s", "embed_static_bytes", "embed_activation_bytes", "head_time_s",
+                                   "head_static_bytes", "head_activation_bytes", "inflight_microbatches",
+                                   "rank_other_bytes", "capacity_bytes")}
+    speed_of_layer = []
+    for c, n in enumerate(layers):
+        speed_of_layer += [speeds[ParallelConfig.chunk_to_pp_rank(c, config.pp, config.schedule)]] * n
+    d["layer_time_s"] = tuple(t * s for t, s in zip(d["layer_time_s"], speed_of_layer))
+    d["layer_full_recompute_extra_s"] = tuple(t * s for t, s in zip(d["layer_full_recompute_extra_s"], speed_of_layer))
+    last = ParallelConfig.chunk_to_pp_rank(len(layers) - 1, config.pp, config.schedule)
+    d["embed_time_s"] = float(d["embed_time_s"]) * speeds[0]
+    d["head_time_s"] = float(d["head_time_s"]) * speeds[last]
+    return d
+
+
+def rebalance_split(pin: Any, config: ParallelConfig, layers: Sequence[int], measured_chunk_s: Sequence[float], *,
+                    time_limit_s: float = 5.0) -> RebalanceResult:
+    """Best split for the measured speeds (see module docstring); ``layers`` is the split that was measured."""
+    from planner.search.partition import solve_cpsat
+    from planner.search.partition_problem import problem_from_inputs
+
+    if config.pp == 1:
+        raise ConfigError("rebalance needs a pipeline (pp > 1): with one stage there is no split to change")
+    layers = tuple(layers)
+    recompute = tuple(config.stage_recompute_layers) or (0,) * len(layers)
+    speeds = rank_speeds(pin, config, layers, measured_chunk_s)
+    chunk_rank = [ParallelConfig.chunk_to_pp_rank(c, config.pp, config.schedule) for c in range(len(layers))]
+    before = objective_with_speeds(pin, config, speeds, layers, recompute)
+    best = (before, layers, recompute)
+    current, status, rounds, seen = layers, "unchanged", 0, {layers}
+    for rounds in range(1, ROUNDS + 1):
+        problem = problem_from_inputs(_priced_inputs(pin, config, speeds, current), chunk_rank=chunk_rank,
+                                      micro_batches=config.num_micro_batches,
+                                      allow_recompute=config.recompute != "full")
+        res = solve_cpsat(problem, time_limit_s=time_limit_s / ROUNDS)
+        if not res.feasible:
+            status = res.status
+            break
+        obj = objective_with_speeds(pin, config, speeds, res.stage_layers, res.stage_recompute_layers)
+        if obj < best[0] * (1 - 1e-9):
+            best, status = (obj, res.stage_layers, res.stage_recompute_layers), res.status
+        if res.stage_layers in seen:
+            break
+        seen.add(res.stage_layers)
+        current = res.stage_layers
+    best = _polish(pin, config, speeds, problem, best)
+    return RebalanceResult(stage_layers=tuple(best[1]), stage_recompute_layers=tuple(best[2]), speeds=speeds,
+                           objective_before_s=before, objective_after_s=best[0], rounds=rounds,
+                           solver_status=status)
+
+
+def _polish(pin: Any, config: ParallelConfig, speeds: Sequence[float], problem: Any,
+            best: tuple[float, tuple[int, ...], tuple[int, ...]]) -> tuple[float, tuple[int, ...], tuple[int, ...]]:
+    """Move one layer across one boundary while the exact speed-model objective improves and the split
+    still fits (memory does not depend on speeds, so the partitioner's ``evaluate`` judges it). Repairs
+    the fixed point where a layer is still priced at the speed of the rank it is leaving."""
+    from planner.search.partition_problem import evaluate
+
+    obj, layers, rec = best
+    improved = True
+    while improved:
+        improved = False
+        for c in range(len(layers) - 1):
+            for d in (-1, 1):
+                cand = list(layers)
+                cand[c] += d
+                cand[c + 1] -= d
+                if min(cand) < 1:
+                    continue
+                cand_rec = tuple(min(r, n) for r, n in zip(rec, cand))
+                if not evaluate(problem, cand, cand_rec).feasible:
+                    continue
+                o = objective_with_speeds(pin, config, speeds, cand, cand_rec)
+                if o < obj * (1 - 1e-9):
+                    obj, layers, rec, improved = o, tuple(cand), cand_rec, True
+    return obj, layers, rec
+
+
+def _get(obj: Any, name: str) -> Any:
+    return obj[name] if isinstance(obj, dict) else getattr(obj, name)

@@ -1,0 +1,81 @@
+"""Time one block's forward, backward and recompute: warm-up, repeats, median and spread, peak memory.
+
+What each number means (planner.profile.BlockRecord):
+* forward_s: the block's forward with autograd recording (as in training);
+* backward_s: ``y.backward(dy)`` right after a plain forward (input and weight gradients);
+* recompute_s: extra backward time when the block runs under ``torch.utils.checkpoint`` (the forward it
+  re-runs plus the bookkeeping), i.e. median(checkpointed backward) - median(plain backward), floored at 0.
+
+The block is given as a closure ``forward(x) -> y`` over its parameters, so the timer does not care how
+the runtime builds it (a TP shard, a norm, the head with its loss).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from profiler.timing import iqr, median, peak_memory_bytes, peak_memory_reset, synchronize, time_call_s
+
+
+@dataclass(frozen=True)
+class BlockTiming:
+    forward_s: float
+    backward_s: float
+    recompute_s: float | None
+    forward_spread_s: float
+    backward_spread_s: float
+    repeats: int
+    peak_memory_bytes: int | None
+
+
+def _grad_like(y: torch.Tensor) -> torch.Tensor | None:
+    return None if y.dim() == 0 else torch.ones_like(y)
+
+
+def time_block(forward: Callable[[torch.Tensor], torch.Tensor], make_input: Callable[[], torch.Tensor],
+               params: list[torch.Tensor], device: torch.device, *, warmup: int = 2, repeats: int = 7,
+               recompute: bool = True) -> BlockTiming:
+    """Median forward / backward / recompute seconds of ``forward`` on fresh inputs from ``make_input``."""
+    fwd_ts: list[float] = []
+    bwd_ts: list[float] = []
+    ckpt_ts: list[float] = []
+    peak_memory_reset(device)
+    for i in range(warmup + repeats):
+        x = make_input()
+        out: dict[str, torch.Tensor] = {}
+
+        def run_forward() -> None:
+            out["y"] = forward(x)
+        t_f = time_call_s(run_forward, device)
+        y = out["y"]
+        dy = _grad_like(y)
+        t_b = time_call_s(lambda: y.backward(dy), device)
+        _zero(params, x)
+        t_c = None
+        if recompute:
+            x2 = make_input()
+            y2 = checkpoint(forward, x2, use_reentrant=False)
+            dy2 = _grad_like(y2)
+            t_c = time_call_s(lambda: y2.backward(dy2), device)
+            _zero(params, x2)
+        if i >= warmup:
+            fwd_ts.append(t_f)
+            bwd_ts.append(t_b)
+            if t_c is not None:
+                ckpt_ts.append(t_c)
+    synchronize(device)
+    rec = max(0.0, median(ckpt_ts) - median(bwd_ts)) if ckpt_ts else None
+    return BlockTiming(forward_s=median(fwd_ts), backward_s=median(bwd_ts), recompute_s=rec,
+                       forward_spread_s=iqr(fwd_ts), backward_spread_s=iqr(bwd_ts), repeats=repeats,
+                       peak_memory_bytes=peak_memory_bytes(device))
+
+
+def _zero(params: list[torch.Tensor], x: torch.Tensor) -> None:
+    for p in params:
+        p.grad = None
+    if x.is_leaf and x.requires_grad:
+        x.grad = None

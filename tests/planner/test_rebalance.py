@@ -1,0 +1,71 @@
+"""Rebalance solver: measured per-rank speeds move layers off a slow rank, optimally on small cases."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from planner.errors import ConfigError
+from planner.parallel_config import ParallelConfig
+from planner.rebalance import chunk_times_s, objective_with_speeds, rank_speeds, rebalance_split
+
+
+def _pin(num_layers: int, pp: int, layer_s: float = 1.0, embed_s: float = 0.2, head_s: float = 0.5,
+         capacity: int = 10**9) -> dict:
+    return dict(layer_time_s=(layer_s,) * num_layers, layer_full_recompute_extra_s=(0.3,) * num_layers,
+                layer_static_bytes=(10,) * num_layers, layer_activation_bytes=(5,) * num_layers,
+                layer_activation_full_recompute_bytes=(1,) * num_layers, embed_time_s=embed_s, embed_static_bytes=10,
+                embed_activation_bytes=1, head_time_s=head_s, head_static_bytes=10, head_activation_bytes=1,
+                inflight_microbatches=tuple(range(pp, 0, -1)), rank_other_bytes=0, capacity_bytes=capacity)
+
+
+def _cfg(pp: int, m: int) -> ParallelConfig:
+    return ParallelConfig(dp=1, tp=1, pp=pp, micro_batch_size=1, global_batch_size=m, seq_len=64)
+
+
+def _brute(pin, cfg, speeds, num_layers):
+    best = None
+    for split in itertools.product(range(1, num_layers + 1), repeat=cfg.pp):
+        if sum(split) == num_layers:
+            obj = objective_with_speeds(pin, cfg, speeds, split, (0,) * cfg.pp)
+            best = obj if best is None else min(best, obj)
+    return best
+
+
+def test_speeds_are_measured_over_predicted():
+    pin, cfg = _pin(8, 2), _cfg(2, 4)
+    assert chunk_times_s(pin, (4, 4), (0, 0)) == pytest.approx([4.2, 4.5])
+    assert rank_speeds(pin, cfg, (4, 4), [8.4, 4.5]) == pytest.approx((2.0, 1.0))
+
+
+def test_slow_first_stage_moves_layers_to_the_second():
+    pin, cfg = _pin(8, 2), _cfg(2, 4)
+    res = rebalance_split(pin, cfg, (4, 4), [8.4, 4.5])
+    assert res.stage_layers[0] < 4  # layers leave the slow rank
+    assert res.objective_after_s < res.objective_before_s
+    assert res.objective_after_s == pytest.approx(_brute(pin, cfg, res.speeds, 8))
+
+
+@pytest.mark.parametrize("speeds", [(1.0, 3.0, 1.0, 1.0), (1.0, 1.0, 1.0, 2.5), (1.5, 1.0, 1.0, 1.0)])
+def test_matches_brute_force_under_speed_model(speeds):
+    L, pp = 10, 4
+    pin, cfg = _pin(L, pp), _cfg(pp, 8)
+    even = (2, 3, 3, 2)
+    measured = [t * s for t, s in zip(chunk_times_s(pin, even, (0,) * pp), speeds)]
+    res = rebalance_split(pin, cfg, even, measured)
+    assert res.speeds == pytest.approx(speeds)
+    assert res.objective_after_s == pytest.approx(_brute(pin, cfg, speeds, L))
+
+
+def test_balanced_measurement_keeps_the_split():
+    pin, cfg = _pin(8, 2, embed_s=0.0, head_s=0.0), _cfg(2, 4)
+    res = rebalance_split(pin, cfg, (4, 4), [4.0, 4.0])
+    assert res.stage_layers == (4, 4) and res.objective_after_s == pytest.approx(res.objective_before_s)
+
+
+def test_refuses_single_stage_and_missing_measurements():
+    with pytest.raises(ConfigError, match="pp > 1"):
+        rebalance_split(_pin(4, 1), _cfg(1, 4), (4,), [1.0])
+    with pytest.raises(ConfigError, match="no compute time"):
+        rebalance_split(_pin(8, 2), _cfg(2, 4), (4, 4), [1.0, 0.0])
