@@ -14,7 +14,8 @@ Algorithm (two steps, both cheap to explain):
 1. Replicas (only when memory gives spare slots): an expert whose load alone exceeds the mean rank
    load cannot be balanced without splitting, so while spare slots remain, the expert with the
    largest per-replica load gets another replica if that load still exceeds the mean rank load
-   (DeepSeek-V3 "redundant experts", Liu et al. 2024 Sec. 3.4, duplicate high-load experts).
+   (DeepSeek-V3 "redundant experts", Liu et al. 2024 Sec. 3.4, duplicate high-load experts); then,
+   per layer, more copies while one lowers the greedy placement's step proxy by >= 1%.
 2. Assignment of the replicas to ranks: greedy longest-processing-time first (Graham 1969, LPT)
    as the warm start, then OR-Tools CP-SAT minimising the step-time proxy under the slot limit,
    with a time limit; the result reports the solver status. Tested against brute force.
@@ -138,6 +139,37 @@ def replica_counts(load: Sequence[float], ep: int, slots_per_rank: int) -> list[
     return counts
 
 
+def improve_replicas(per_layer: Sequence[Sequence[float]], ep: int, slots_per_rank: int, replicas: Sequence[int],
+                     *, candidates: int = 8, min_gain: float = 0.01) -> list[int]:
+    """Beyond the mean rule, per layer: while spare slots remain, try one more copy of each of the
+    ``candidates`` experts with the largest per-copy load in some layer, keep the copy that lowers the
+    step proxy of the greedy placement most, and stop when the best gain is under ``min_gain`` (a copy
+    costs memory and a gradient all-reduce among the copies, so it must pay for itself)."""
+    num_experts = len(replicas)
+    total = [sum(layer[e] for layer in per_layer) for e in range(num_experts)]
+    replicas = list(replicas)
+    best = step_proxy(greedy_placement(total, ep, slots_per_rank, replicas), per_layer)
+    while sum(replicas) < ep * slots_per_rank:
+        pool = sorted((e for e in range(num_experts) if replicas[e] < ep),
+                      key=lambda e: (-max(layer[e] for layer in per_layer) / replicas[e], e))[:candidates]
+        trials = []
+        for e in pool:
+            trial = replicas.copy()
+            trial[e] += 1
+            try:
+                trials.append((step_proxy(greedy_placement(total, ep, slots_per_rank, trial), per_layer), e))
+            except InfeasibleError:
+                continue
+        if not trials:
+            break
+        proxy, e = min(trials)
+        if proxy > best * (1 - min_gain):
+            break
+        replicas[e] += 1
+        best = proxy
+    return replicas
+
+
 # --- step 2: assignment ----------------------------------------------------------------------
 def greedy_placement(load: Sequence[float], ep: int, slots_per_rank: int,
                      replicas: Sequence[int] | None = None) -> Placement:
@@ -187,7 +219,7 @@ def solve_placement(per_layer: Sequence[Sequence[float]], ep: int, slots_per_ran
     if slots_per_rank * ep < num_experts:
         raise InfeasibleError(f"{num_experts} experts need {math.ceil(num_experts / ep)} slots per rank, "
                               f"got {slots_per_rank}")
-    replicas = replica_counts(total, ep, slots_per_rank)
+    replicas = improve_replicas(per_layer, ep, slots_per_rank, replica_counts(total, ep, slots_per_rank))
     warm = greedy_placement(total, ep, slots_per_rank, replicas)
     before = step_proxy(current, per_layer) if current is not None else float("inf")
     greedy_proxy = step_proxy(warm, per_layer)
