@@ -21,7 +21,12 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from planner.expert_placement import ExpertLoad
+import json
+from pathlib import Path
+
+from planner.errors import PlannerError
+from planner.expert_placement import ExpertLoad, rebalance_plan
+from planner.plan import Plan
 from runtime.moe import MoEFFN, SwiGLU
 from runtime.moe_dispatch import ExpertDispatcher
 
@@ -72,6 +77,47 @@ def max_over_mean(loads_per_layer: dict[int, list[int]]) -> float:
     busiest = sum(max(v) for v in loads_per_layer.values())
     mean = sum(sum(v) / len(v) for v in loads_per_layer.values())
     return busiest / mean if mean else 1.0
+
+
+def _broadcast_json(obj, src: int = 0):
+    """Rank ``src``'s JSON-able object on every rank (as bytes in a tensor: no pickles)."""
+    if not dist.is_initialized():
+        return obj
+    data = torch.tensor(list(json.dumps(obj).encode()) if dist.get_rank() == src else [], dtype=torch.uint8)
+    size = torch.tensor([data.numel()], dtype=torch.long)
+    dist.broadcast(size, src)
+    if dist.get_rank() != src:
+        data = torch.empty(int(size), dtype=torch.uint8)
+    dist.broadcast(data, src)
+    return json.loads(bytes(data.tolist()).decode())
+
+
+def rebalance_experts(model: nn.Module, optimizer: torch.optim.Optimizer | None, plan: Plan, steps: int,
+                      out_dir: str | Path | None = None, *, slots_per_rank: int | None = None,
+                      time_limit_s: float = 5.0) -> Plan:
+    """The whole loop at a checkpoint boundary, on every rank: sum the counts, let rank 0 choose the
+    placement (a time-limited solver could answer differently on different ranks) and write
+    ``expert_load.json`` and ``plan.json`` under ``out_dir``, broadcast the placement, move the experts
+    in memory, reset the counters. Returns the new plan (same on every rank)."""
+    m = plan.model
+    load = collect_expert_load(model, m.name, m.num_layers, m.num_experts, steps)
+    payload: dict = {}
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        try:
+            new_plan, _ = rebalance_plan(plan, load, slots_per_rank=slots_per_rank, time_limit_s=time_limit_s)
+            if out_dir is not None:
+                load.save(Path(out_dir) / "expert_load.json")
+                new_plan.save(Path(out_dir) / "plan.json")
+            payload = {"plan": new_plan.to_dict()}
+        except PlannerError as exc:  # every rank must hear it, or the others wait in the broadcast
+            payload = {"error": str(exc), "type": type(exc).__name__}
+    payload = _broadcast_json(payload)
+    if "error" in payload:
+        raise PlannerError(f"expert rebalancing failed on rank 0: {payload['error']}")
+    new_plan = Plan.from_dict(payload["plan"], "rebalanced plan")
+    apply_placement(model, optimizer, [list(p) for p in new_plan.expert_placement])
+    reset_load_counts(model)
+    return new_plan
 
 
 @torch.no_grad()

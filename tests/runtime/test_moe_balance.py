@@ -15,11 +15,11 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from planner.cluster_spec import resolve_cluster
+from planner.expert_placement import ExpertLoad
 from planner.parallel_config import ParallelConfig
 from planner.plan import Plan, default_expert_placement
 from planner.rank_order import Degrees, coords_of
-from runtime.expert_balance import (apply_placement, collect_expert_load, max_over_mean, measured_rank_loads,
-                                    reset_load_counts)
+from runtime.expert_balance import max_over_mean, measured_rank_loads, rebalance_experts
 from runtime.local_launch import launch
 from runtime.moe import expert_parameters, reduce_expert_grads
 from tests.runtime.test_moe_ep import SPEC, TOKENS_B, MoEStack, global_batch, loss_of, make_groups
@@ -85,26 +85,22 @@ def _balance_worker(bias: list[float], slots: int, steps: int, ckpt_dir: str) ->
                 loss_diff = max(loss_diff, abs(got - want))
 
     run(model, opt, 0, steps)
-    load = collect_expert_load(model, SKEWED.name, SKEWED.num_layers, SKEWED.num_experts, steps)
     before = max_over_mean(measured_rank_loads(model))
-    # the planner side: the counts become a new plan (what `planner rebalance` would write)
     config = ParallelConfig(dp=world, tp=1, pp=1, ep=world, micro_batch_size=TOKENS_B,
                             global_batch_size=world * TOKENS_B, seq_len=SKEWED.seq_len)
     plan = Plan.build(SKEWED, resolve_cluster("cpu", gpus=world), config)
-    from planner.expert_placement import rebalance_plan
-    new_plan, result = rebalance_plan(plan, load, slots_per_rank=slots, time_limit_s=5)
-    new = [list(p) for p in new_plan.expert_placement]
-    # path 1: DCP checkpoint at the boundary, reloaded into a model built for the new placement
+    # checkpoint boundary: a DCP checkpoint of the old placement (path 1 below reloads it) ...
     msd, osd = get_state_dict(model, opt)
     dcp.save({"model": msd, "optim": osd}, checkpoint_id=ckpt_dir)
+    # ... and the whole rebalancing loop: counts -> planner -> new plan.json -> experts moved in memory
+    new_plan = rebalance_experts(model, opt, plan, steps, ckpt_dir, slots_per_rank=slots)
+    new = [list(p) for p in new_plan.expert_placement]
+    # path 1: a model built for the new placement, resumed from the checkpoint
     reloaded = MoEStack(grp["ep"], new, spec=SKEWED).double()
     reloaded_opt = torch.optim.Adam(reloaded.parameters(), lr=1e-2)
     msd2, osd2 = get_state_dict(reloaded, reloaded_opt)
     dcp.load({"model": msd2, "optim": osd2}, checkpoint_id=ckpt_dir)
     set_state_dict(reloaded, reloaded_opt, model_state_dict=msd2, optim_state_dict=osd2)
-    # path 2: move weights and optimizer state in memory
-    apply_placement(model, opt, new)
-    reset_load_counts(model)
     run(model, opt, steps, 2 * steps)
     after = max_over_mean(measured_rank_loads(model))
     run(reloaded, reloaded_opt, steps, 2 * steps, compare=False)
@@ -112,7 +108,7 @@ def _balance_worker(bias: list[float], slots: int, steps: int, ckpt_dir: str) ->
     params_diff = max(float((p - ref_params[n]).abs().max()) for n, p in model.named_parameters())
     dcp_diff = max(float((p - ref_params[n]).abs().max()) for n, p in reloaded.named_parameters())
     return {"before": before, "after": after, "old": old, "new": new, "loss_diff": loss_diff,
-            "params_diff": params_diff, "dcp_params_diff": dcp_diff, "status": result.status,
+            "params_diff": params_diff, "dcp_params_diff": dcp_diff, "status": new_plan.provenance["expert_rebalance"]["solver_status"],
             "local": [int(e) for e in model.moe[0].local_experts]}
 
 
@@ -128,10 +124,17 @@ def _check(got: list[dict], label: str, margin: float) -> dict:
     return r
 
 
+def _written_plan(ckpt_dir) -> list[list[int]]:
+    """Rank 0 wrote the rebalanced plan and the counts it came from beside the checkpoint."""
+    assert ExpertLoad.load(ckpt_dir / "expert_load.json").steps == 2
+    return [list(p) for p in Plan.load(ckpt_dir / "plan.json").expert_placement]
+
+
 def test_skewed_router_rebalanced_by_moving_experts(tmp_path) -> None:
     # experts 0 and 1 favoured: both on EP rank 0 under the contiguous placement
     got = launch(_balance_worker, 2, [0.2, 0.2, 0.0, 0.0], 2, 2, str(tmp_path / "ckpt2"), timeout_s=90)
     r = _check(got, "ep2", margin=0.3)
+    assert _written_plan(tmp_path / "ckpt2") == r["new"]
     assert sorted(map(sorted, r["new"])) != [[0, 1], [2, 3]]
 
 
@@ -139,4 +142,5 @@ def test_hot_expert_replicated_when_memory_allows(tmp_path) -> None:
     # expert 0 chosen by nearly every token: more load than any rank's fair share, so it is copied
     got = launch(_balance_worker, 4, [1.0, 0.0, 0.0, 0.0], 2, 2, str(tmp_path / "ckpt4"), timeout_s=120)
     r = _check(got, "ep4", margin=0.5)
+    assert _written_plan(tmp_path / "ckpt4") == r["new"]
     assert sum(0 in p for p in r["new"]) >= 2
