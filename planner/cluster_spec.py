@@ -88,20 +88,19 @@ class ClusterSpec:
         for link in self.links:
             for n in ("bandwidth_bytes_per_s", "latency_s"):
                 v = getattr(link, n)
-                if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                if not _finite(v) or v < 0:
                     raise SpecError(f"cluster {self.name!r}: link {link.name!r} {n} must be a finite number >= 0")
             if link.bandwidth_bytes_per_s <= 0:
                 raise SpecError(f"cluster {self.name!r}: link {link.name!r} bandwidth must be positive")
         d = self.device
-        if isinstance(d.memory_bytes, bool) or not isinstance(d.memory_bytes, (int, float)) or d.memory_bytes <= 0:
+        if not _finite(d.memory_bytes) or d.memory_bytes <= 0:
             raise SpecError(f"cluster {self.name!r}: device memory_bytes must be positive")
         if not isinstance(d.peak_flops, dict) or not d.peak_flops:
             raise SpecError(f"cluster {self.name!r}: device peak_flops must map dtype to FLOP/s")
         for k, v in d.peak_flops.items():
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+            if not _finite(v) or v <= 0:
                 raise SpecError(f"cluster {self.name!r}: device peak_flops[{k!r}] must be a positive number")
-        if isinstance(d.hbm_bandwidth_bytes_per_s, bool) or not isinstance(d.hbm_bandwidth_bytes_per_s, (int, float)) \
-                or d.hbm_bandwidth_bytes_per_s <= 0:
+        if not _finite(d.hbm_bandwidth_bytes_per_s) or d.hbm_bandwidth_bytes_per_s <= 0:
             raise SpecError(f"cluster {self.name!r}: device hbm_bandwidth_bytes_per_s must be positive")
         if self.backend not in ("nccl", "gloo"):
             raise SpecError(f"cluster {self.name!r}: backend must be 'nccl' or 'gloo', got {self.backend!r}")
@@ -180,6 +179,16 @@ class ClusterSpec:
                        links=tuple(levels), backend=str(data.get("backend", "nccl")))
         except KeyError as exc:
             raise SpecError(f"{source}: missing required field {exc.args[0]!r}") from None
+
+
+def _finite(v: Any) -> bool:
+    """A real, finite number within float range (an integer like 10**400 is not)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:
+        return False
 
 
 def _mapping(v: Any, what: str) -> dict:

@@ -96,3 +96,27 @@ def valid_plans() -> tuple[dict[str, Any], ...]:
 
 def spec_round_trips(model: ModelSpec) -> bool:
     return ModelSpec.from_dict(json.loads(json.dumps(model.to_dict()))) == model
+
+
+@functools.lru_cache(maxsize=None)
+def profile_docs() -> tuple[dict[str, Any], ...]:
+    """Profile documents as the profiler writes them (Profile.to_dict), built from synthetic measurements."""
+    from planner.profile import BlockRecord, CollectiveSample, DeviceRate, Profile, ProfileHeader
+
+    docs = []
+    for conc, sp in ((2, False), (4, True)):
+        header = ProfileHeader(device="fuzz-cpu", backend="gloo", torch_version="2.13.0", world_size=conc,
+                               devices_per_node=conc, date="2025-01-01T00:00:00Z", host="h")
+        blocks = tuple(BlockRecord(model="tiny-llama", block_kind=k, tp=tp, micro_batch=mb, seq_len=32,
+                                   sequence_parallel=sp, forward_s=1e-3 * mb * (i + 1), backward_s=2e-3 * mb * (i + 1),
+                                   recompute_s=1.1e-3 * mb, repeats=3, concurrency=conc)
+                       for i, k in enumerate(("embedding", "attention", "mlp", "head")) for tp in (1, 2)
+                       for mb in (1, 4))
+        samples = tuple(CollectiveSample(op=op, group_size=g, link_level="intra_node", nbytes=n,
+                                         time_s=5e-5 + 1e-9 * n * g, concurrency=conc)
+                        for op in ("all_reduce", "send_recv") for g in (2,) for n in (1e3, 1e5, 1e6))
+        rates = (DeviceRate("matmul_fp32", 3e10, conc),)
+        p = Profile(header=header, blocks=blocks, collectives=samples, device_rates=rates,
+                    models={"tiny-llama": PRESETS["tiny-llama"].to_dict()})
+        docs.append(json.loads(json.dumps(p.to_dict())))
+    return tuple(docs)

@@ -145,3 +145,41 @@ def test_read_yaml_deep_nesting(tmp_path) -> None:
         read_json_or_yaml(p)
     except PlannerError:
         pass
+
+
+# --- planner/profile.py (owned by the profiler engineer): reported, not fixed here ------------------
+def _profile_doc_with(path: tuple, value) -> dict:
+    from tests.reliability.fuzzlib import copy_tree, set_at
+
+    doc = copy_tree(bases.profile_docs()[0])
+    set_at(doc, path, value)
+    return doc
+
+
+PROFILE_BUG = ("BUG owned by planner/profile.py: _check_record validates only some fields; a wrong type surfaces "
+               "later as a traceback. Fix: in _check_record, require str model/block_kind/dtype, bool "
+               "sequence_parallel, positive int concurrency for every record kind, real finite numbers (catch "
+               "OverflowError for huge ints) for forward_s/backward_s/recompute_s (None allowed)/nbytes/time_s/value; "
+               "in from_dict, validate each models entry with ModelSpec.from_dict")
+
+
+@pytest.mark.xfail(strict=True, reason=PROFILE_BUG)
+@pytest.mark.parametrize("path, value", [
+    (("collectives", 0, "nbytes"), "1e3"),             # TypeError in _check_record (math.isfinite(str))
+    (("blocks", 0, "forward_s"), 10**400),             # OverflowError in _check_record
+    (("blocks", 5, "recompute_s"), "8"),               # TypeError in _piecewise_linear on a query
+    (("blocks", 4, "model"), {"a": 1}),                # TypeError (unhashable) in _interpolate
+    (("collectives", 2, "concurrency"), None),         # TypeError in concurrency_levels
+    (("models", "tiny-llama"), "x"),                   # AttributeError in _arch on a query by ModelSpec
+])
+def test_profile_field_types(path, value) -> None:
+    from planner.profile import Profile
+
+    doc = _profile_doc_with(path, value)
+    try:
+        p = Profile.from_dict(doc)
+        p.block_time_s("attention", 1, 2, 32, False, model=PRESETS["tiny-llama"])
+        p.recompute_time_s("attention", 1, 2, 32, False, model=PRESETS["tiny-llama"])
+        p.collective_time_s("all_reduce", 2, "intra_node", 1e4)
+    except PlannerError:
+        return
