@@ -67,13 +67,23 @@ def assemble(cm, config: ParallelConfig) -> Estimate:
     elif config.compression != "none" and config.grad_sync != "allreduce" and config.compression not in ("fp16", "bf16"):
         raise ConfigError(f"compression {config.compression} needs grad_sync allreduce")
     chunks = cm._chunks(config)
+
+    def rank_of_c(c: int) -> int:
+        return ParallelConfig.chunk_to_pp_rank(c, config.pp, config.schedule)
+
     pp, v, m = config.pp, config.virtual_stages, config.num_micro_batches
     split = config.schedule == "zbv"
     f = tuple(c[0] for c in chunks)
     w = tuple(c[2] for c in chunks) if split else (0.0,) * len(chunks)
     b = tuple(c[1] - wi for c, wi in zip(chunks, w))
     p2p = _p2p_s(cm, config)
-    res = makespan(config.schedule, pp, v, m, f, b, w, p2p)
+    if cm.options.pp_comm_overlap or pp == 1:
+        res = makespan(config.schedule, pp, v, m, f, b, w, p2p)
+    else:  # blocking sends: a chunk's forward ends after sending its output, its backward after the grad
+        n = len(chunks)
+        fs = tuple(x + (p2p if c < n - 1 and rank_of_c(c + 1) != rank_of_c(c) else 0.0) for c, x in enumerate(f))
+        bs = tuple(x + (p2p if c > 0 and rank_of_c(c - 1) != rank_of_c(c) else 0.0) for c, x in enumerate(b))
+        res = makespan(config.schedule, pp, v, m, fs, bs, w, 0.0)
     res0 = makespan(config.schedule, pp, v, m, f, b, w, 0.0) if pp > 1 and p2p > 0 else res
     rank_of = [ParallelConfig.chunk_to_pp_rank(c, pp, config.schedule) for c in range(len(chunks))]
     busy = [0.0] * pp
@@ -98,10 +108,10 @@ def assemble(cm, config: ParallelConfig) -> Estimate:
     for r in range(pp):
         dense, expert = params[r]
         rs, nb, ag, codec = grad_sync_s(comm, config, dense, "dp", config.dp, mdl.dtype_bytes, mdl.hidden_size,
-                                        cm.hw.hbm_bytes_per_s)
+                                        cm.hw.hbm_bytes_per_s, cm.options.grad_bytes)
         if expert:
             rs_e, nb_e, ag_e, codec_e = grad_sync_s(comm, config, expert, "edp", edp, mdl.dtype_bytes,
-                                                    mdl.hidden_size, cm.hw.hbm_bytes_per_s)
+                                                    mdl.hidden_size, cm.hw.hbm_bytes_per_s, cm.options.grad_bytes)
             rs, nb, ag, codec = rs + rs_e, nb + nb_e, ag + ag_e, codec + codec_e
         exposed = exposed_after_backward_s(rs, nb, last_bwd[r], config.overlap_grad_reduce) + codec
         if ag:  # updated parameters: gathered after the step, overlapped with the next forward when enabled

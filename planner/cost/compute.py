@@ -101,7 +101,7 @@ def block_time(block: Block, sh: Shape, hw: Hardware, comm, *, flash_attention: 
     t, T, s = sh.tp, sh.tokens, sh.seq_len
     rep_div = t if sh.sequence_parallel else 1
     # --- matmuls (dense part split over TP; the tokens see the full sequence after the SP all-gather)
-    gemm_dim = min(T, block.gemm_width / t, sh.hidden) if block.gemm_width else T
+    gemm_dim = (T * block.gemm_width / t * sh.hidden) ** (1 / 3) if block.gemm_width else T
     gemm_f = gemm_time_s(T * block.gemm_flops / t, gemm_dim, hw)
     # --- attention core QK^T, AV (Korthikanti App. A: 4 s^2 h b per layer, over the full matrix)
     core_flops = T * s * block.core_flops_per_seq / t
@@ -122,7 +122,7 @@ def block_time(block: Block, sh: Shape, hw: Hardware, comm, *, flash_attention: 
     if block.expert_gemm_flops:
         # grouped GEMM: each local expert sees (T/tp) x top-k x ep / E tokens when balanced
         per_expert = moe_tokens * block.top_k * sh.ep / max(sh.num_experts, 1)
-        dim = min(per_expert, block.gemm_width, sh.hidden)
+        dim = (per_expert * block.gemm_width * sh.hidden) ** (1 / 3)
         expert_f = gemm_time_s(moe_tokens * eff.MOE_IMBALANCE * block.expert_gemm_flops, dim, hw)
     # --- elementwise, memory-bound
     ew_bytes = (T * (block.ew_rep / rep_div + block.ew_tp / t) + T * s * block.ew_core_per_seq / t
@@ -142,7 +142,10 @@ def block_time(block: Block, sh: Shape, hw: Hardware, comm, *, flash_attention: 
         else:
             one = comm("all_reduce", msg, "tp")
         tp_f = block.tp_collectives * one
-        tp_b = tp_f * (1.0 - eff.TP_COMM_OVERLAP_BWD)
+        # backward: the conjugate collectives, plus with SP the re-all-gather of the sharded input the
+        # weight-gradient matmul needs (Korthikanti et al. 2022 Sec 4.2.2), part hidden behind that matmul
+        sp_extra = comm("all_gather", msg, "tp") * block.tp_collectives if sh.sequence_parallel else 0.0
+        tp_b = (tp_f + sp_extra) * (1.0 - eff.TP_COMM_OVERLAP_BWD)
         if tp_comm_overlap:  # userbuffers / TE comm-GEMM overlap: hidden behind the block's matmuls
             tp_f = max(0.0, tp_f - gemm_f)
             tp_b = max(0.0, tp_b - 2 * gemm_f)

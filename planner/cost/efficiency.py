@@ -10,19 +10,20 @@ these same numbers; nothing is fitted per row. They were set by hand against two
    H100: Megatron-Core README weak scaling), which fix the achieved matmul efficiency per GPU generation.
 
 GEMM time = FLOPs / (peak x efficiency(n)), with efficiency(n) = GEMM_EFF_MAX x n / (n + GEMM_HALF_DIM): n is
-the smallest matmul dimension on one rank (tokens of the micro-batch, output width / tp, input width).
+the geometric mean of the matmul's dimensions on one rank (tokens of the micro-batch, output width / tp,
+input width), a size measure that tracks how well the matmul fills the GPU.
 Large matmuls reach GEMM_EFF_MAX of the datasheet peak; a dimension of GEMM_HALF_DIM halves it (tile
 quantisation and too few thread blocks to fill the SMs: NVIDIA "Matrix Multiplication Background" guide).
 """
 
 from __future__ import annotations
 
-GEMM_EFF_MAX = {"ampere": 0.80, "hopper": 0.66, "default": 0.70}
+GEMM_EFF_MAX = {"ampere": 0.77, "hopper": 0.56, "default": 0.70}
 """Achieved / peak dense 16-bit matmul throughput for large matmuls inside a training step. A100: cuBLAS
 reaches ~250 of 312 TFLOP/s on large bf16 GEMMs (NVIDIA DL performance guide); H100 SXM: ~650-700 of
 989 TFLOP/s (power/clock-limited under sustained load). Chosen against the calibration rows (A100 / H100)."""
 
-GEMM_HALF_DIM = 96
+GEMM_HALF_DIM = 500
 """Smallest matmul dimension at which efficiency halves (see module docstring)."""
 
 ATTENTION_CORE_EFF = 0.5
@@ -30,7 +31,7 @@ ATTENTION_CORE_EFF = 0.5
 efficiency: their K = head_dim is small (Korthikanti Table 4: selective recompute of the attention core
 costs 1.3 ms where its FLOPs alone would take 0.2 ms)."""
 
-FLASH_ATTENTION_EFF = 0.75
+FLASH_ATTENTION_EFF = 0.45
 """FlashAttention-2 forward reaches ~70-75% of peak on A100 / ~60-70% on H100 relative to the same device's
 large-GEMM efficiency (Dao 2023 Fig. 4-6), causal masking skipping half the blocks."""
 

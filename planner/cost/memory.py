@@ -36,10 +36,10 @@ class StaticBytesPerParam:
     optimizer: float
 
 
-def bytes_per_param(dtype_bytes: int, zero_stage: int, shard: int) -> StaticBytesPerParam:
+def bytes_per_param(dtype_bytes: int, zero_stage: int, shard: int, grad_bytes: int = GRAD_BYTES) -> StaticBytesPerParam:
     """Bytes per parameter on one rank after ZeRO sharding over ``shard`` ranks (ZeRO Sec 5, Fig. 1)."""
     w = float(dtype_bytes)
-    g = float(GRAD_BYTES)
+    g = float(grad_bytes)
     o = float(OPTIMIZER_BYTES_MIXED if dtype_bytes < 4 else 8)
     shard = max(shard, 1)
     if zero_stage >= 1:

@@ -3,9 +3,10 @@
 The cost model never uses a closed-form bubble: it simulates the action lists the runtime executes.
 To keep one estimate well under a millisecond for thousands of micro-batches, the simulation runs at a
 reduced micro-batch count and extrapolates: once every rank is in its steady state, each further group of
-``pp`` micro-batches adds the same time (the schedule repeats with period pp), so makespan(m) is linear in
-m beyond the warm-up. ``makespan`` simulates m1 = 2 pp and m2 = 3 pp (both multiples of pp, as interleaving
-needs) and extends the line; tests/planner/test_schedules.py checks it against full simulations.
+``pp`` micro-batches adds the same time (the schedule repeats with period pp, or 2 pp), so makespan(m) is linear in
+m beyond the warm-up. ``makespan`` simulates 2 pp, 4 pp, ... micro-batches (multiples of pp, as interleaving
+needs) until one more period adds exactly what the last one did (unbalanced stages can take a few periods to
+settle), then extends the line; tests/planner/test_schedules.py checks it against full simulations.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from planner.schedules import build_schedule, peak_inflight, simulate
 
 EXACT_MAX_MICROBATCHES_FACTOR = 3
 """Simulate exactly while m <= 3 pp; extrapolate beyond."""
+MAX_STEPS = 6
+"""Longest warm-up (in steps of 2 pp micro-batches) the extrapolation waits for before it extends the line."""
 
 
 @dataclass(frozen=True)
@@ -44,11 +47,22 @@ def makespan(name: str, pp: int, v: int, m: int, f_s: tuple[float, ...], b_s: tu
            round(p2p_s, 12))
     if m <= EXACT_MAX_MICROBATCHES_FACTOR * pp or name == "gpipe" and m <= 4 * pp:
         return _sim(name, pp, v, m, *key)
-    m1, m2 = 2 * pp, 3 * pp
-    r1, r2 = _sim(name, pp, v, m1, *key), _sim(name, pp, v, m2, *key)
-    k = (m - m1) / (m2 - m1)
-    return PipelineResult(r1.makespan_s + k * (r2.makespan_s - r1.makespan_s),
-                          tuple(a + k * (b - a) for a, b in zip(r1.finish_s, r2.finish_s)))
+    # grow the simulated count in steps of 2 pp (zbv's greedy order can alternate with period 2 pp) until two
+    # more steps each add exactly what the one before did, then extend the line
+    step = 2 * pp
+    prev = _sim(name, pp, v, step, *key)
+    cur = _sim(name, pp, v, 2 * step, *key)
+    k, stable = 2, 0
+    while k < MAX_STEPS and (k + 1) * step < m and stable < 2:
+        nxt = _sim(name, pp, v, (k + 1) * step, *key)
+        d_old, d_new = cur.makespan_s - prev.makespan_s, nxt.makespan_s - cur.makespan_s
+        prev, cur, k = cur, nxt, k + 1
+        stable = stable + 1 if abs(d_new - d_old) <= 1e-9 * max(abs(d_new), 1e-12) else 0
+    if k * step >= m:
+        return _sim(name, pp, v, m, *key)
+    frac = (m - k * step) / step
+    return PipelineResult(cur.makespan_s + frac * (cur.makespan_s - prev.makespan_s),
+                          tuple(a + frac * (a - b) for a, b in zip(cur.finish_s, prev.finish_s)))
 
 
 @lru_cache(maxsize=4096)

@@ -40,6 +40,12 @@ class CostOptions:
     """Dropout layers present; None: models with learned positions (GPT-2 / Megatron GPT) have them."""
     tp_comm_overlap: bool = False
     """TP collectives overlapped with matmuls (Megatron-Core ``--tp-comm-overlap``, Transformer Engine)."""
+    pp_comm_overlap: bool = True
+    """Pipeline send/recv runs asynchronously beside compute (Megatron-Core default, torch pipelining's
+    isend/irecv); False: each send blocks its rank (Megatron-LM 2021-22 ``_communicate`` waits on it)."""
+    grad_bytes: int = 4
+    """Bytes per gradient element in the accumulation / reduction buffer: 4 (fp32 ``main_grad``, Megatron-LM
+    2021-22, Korthikanti Fig. 1's 18 bytes / parameter) or 2 (reduced in bf16, Megatron-Core default)."""
     pp_scatter_gather: bool = True
     """Send 1/t of each activation between stages and all-gather over NVLink (Narayanan et al. 2021 Sec 4.1)."""
 
@@ -168,9 +174,10 @@ class CostModel:
 
     def _static(self, block: Block, config: ParallelConfig) -> tuple[float, float, float]:
         dense, expert = mem.block_params_on_rank(block, config.tp, config.ep)
-        d = mem.bytes_per_param(self.model.dtype_bytes, config.zero_stage, config.dp)
+        gb = self.options.grad_bytes
+        d = mem.bytes_per_param(self.model.dtype_bytes, config.zero_stage, config.dp, gb)
         edp = max(config.tp * config.dp // config.ep, 1)
-        e = mem.bytes_per_param(self.model.dtype_bytes, config.zero_stage, edp)
+        e = mem.bytes_per_param(self.model.dtype_bytes, config.zero_stage, edp, gb)
         return (dense * d.weights + expert * e.weights, dense * d.grads + expert * e.grads,
                 dense * d.optimizer + expert * e.optimizer)
 

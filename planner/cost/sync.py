@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 
 from planner.cost import efficiency as eff
-from planner.cost.memory import GRAD_BYTES
 
 try:  # owned by the communication engineer; plain bytes until it lands
     from planner import compression as _compression
@@ -42,11 +41,12 @@ def exposed_after_backward_s(total_comm_s: float, n_buckets: int, backward_s: fl
 
 
 def grad_sync_s(comm, config, elements: float, axis: str, group_size: int, dtype_bytes: int,
-                hidden: int, hbm_bytes_per_s: float) -> tuple[float, int, float, float]:
+                hidden: int, hbm_bytes_per_s: float, grad_bytes: int = 4) -> tuple[float, int, float, float]:
     """(gradient-reduction seconds, buckets, parameter all-gather seconds, codec seconds) for ``elements``
     gradients of one rank over its ``axis`` group. ``comm(op, nbytes, axis) -> s``."""
     if group_size <= 1 or elements <= 0:
         return 0.0, 0, 0.0, 0.0
+    GRAD_BYTES = grad_bytes  # noqa: N806 - the buffer's element size, fp32 or bf16
     total_bytes = elements * GRAD_BYTES
     n_b = max(1, math.ceil(total_bytes / config.bucket_size_bytes))
     per_elems = elements / n_b

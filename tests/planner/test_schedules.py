@@ -1,0 +1,127 @@
+"""Pipeline schedules as data: validity, known bubble sizes, CSV round trip, simulation and extrapolation."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from planner.cost.pipeline import inflight_per_chunk, makespan
+from planner.errors import ConfigError, SpecError
+from planner.schedules import Action, Schedule, build_schedule, peak_inflight, simulate
+
+CASES = [("gpipe", 4, 8, 1), ("1f1b", 4, 8, 1), ("1f1b", 4, 2, 1), ("interleaved", 4, 8, 2),
+         ("interleaved", 2, 6, 3), ("zbv", 4, 8, 2), ("zbv", 2, 3, 2), ("1f1b", 1, 5, 1)]
+
+
+@pytest.mark.parametrize("name,p,m,v", CASES)
+def test_every_schedule_is_valid_and_round_trips_through_csv(name, p, m, v):
+    s = build_schedule(name, p, m, v)
+    s.validate()
+    assert Schedule.from_csv(s.to_csv()) == s
+    assert len(s.grid().splitlines()) == p
+
+
+def test_1f1b_order_matches_pipedream_flush():
+    s = build_schedule("1f1b", 4, 8)
+    assert [f"{a.kind}{a.microbatch}" for a in s.actions[0][:5]] == ["F0", "F1", "F2", "F3", "B0"]
+    assert [f"{a.kind}{a.microbatch}" for a in s.actions[3][:3]] == ["F0", "B0", "F1"]
+
+
+def test_interleaved_chunks_are_round_robin_as_megatron():
+    s = build_schedule("interleaved", 2, 4, 2)
+    assert {a.chunk for a in s.actions[0]} == {0, 2}
+    assert {a.chunk for a in s.actions[1]} == {1, 3}
+    # rank 0 warm-up: (p - 1) * 2 + (v - 1) * p = 4 forwards: chunk 0 mb 0,1 then chunk 2 mb 0,1
+    assert s.actions[0][:4] == (Action(0, "F", 0), Action(0, "F", 1), Action(2, "F", 0), Action(2, "F", 1))
+
+
+def test_gpipe_and_1f1b_bubble_equal_the_closed_form():
+    # Narayanan et al. 2021 Sec 2.2: bubble time (p - 1)(tf + tb) with uniform stages, no communication
+    p, m, tf, tb = 4, 8, 1.0, 2.0
+    for name in ("gpipe", "1f1b"):
+        tl = simulate(build_schedule(name, p, m), [tf] * p, [tb] * p, [0.0] * p, 0.0)
+        assert tl.makespan_s == pytest.approx((m + p - 1) * (tf + tb))
+
+
+def test_interleaving_shrinks_the_bubble_by_v():
+    p, m, v, tf, tb = 4, 8, 2, 1.0, 2.0
+    tl = simulate(build_schedule("interleaved", p, m, v), [tf / v] * (p * v), [tb / v] * (p * v), [0.0] * (p * v), 0.0)
+    busy = m * (tf + tb)
+    assert tl.makespan_s - busy == pytest.approx((p - 1) * (tf + tb) / v)
+
+
+def test_zbv_has_almost_no_bubble_with_equal_f_b_w():
+    p, m = 4, 16
+    s = build_schedule("zbv", p, m, 2)
+    tl = simulate(s, [1.0] * 8, [1.0] * 8, [1.0] * 8, 0.0)
+    onef1b = simulate(build_schedule("1f1b", p, m), [2.0] * p, [4.0] * p, [0.0] * p, 0.0)
+    assert tl.bubble_fraction() < 0.05 < onef1b.bubble_fraction()
+
+
+def test_p2p_latency_delays_dependent_actions():
+    s = build_schedule("1f1b", 2, 2)
+    a = simulate(s, [1.0, 1.0], [1.0, 1.0], [0.0, 0.0], 0.0).makespan_s
+    b = simulate(s, [1.0, 1.0], [1.0, 1.0], [0.0, 0.0], 0.5).makespan_s
+    assert b == pytest.approx(a + 2 * 0.5)
+
+
+def test_validate_rejects_a_missing_or_misplaced_action():
+    s = build_schedule("1f1b", 2, 2)
+    broken = Schedule(s.name, s.pp, 1, s.num_microbatches, (s.actions[0][:-1], s.actions[1]))
+    with pytest.raises(SpecError):
+        broken.validate()
+    swapped = Schedule(s.name, s.pp, 1, s.num_microbatches, (s.actions[1], s.actions[0]))
+    with pytest.raises(SpecError):
+        swapped.validate()
+
+
+def test_deadlocking_order_is_refused():
+    # rank 0 waits for B of micro-batch 1 before its second forward: the backward never comes
+    acts = ((Action(0, "F", 0), Action(0, "B", 1), Action(0, "F", 1), Action(0, "B", 0)),
+            (Action(1, "F", 0), Action(1, "B", 0), Action(1, "F", 1), Action(1, "B", 1)))
+    with pytest.raises(SpecError, match="deadlock"):
+        Schedule("1f1b", 2, 1, 2, acts).validate()
+
+
+def test_bad_parameters_are_config_errors():
+    with pytest.raises(ConfigError):
+        build_schedule("interleaved", 4, 6, 2)
+    with pytest.raises(ConfigError):
+        build_schedule("nope", 2, 2)
+
+
+def test_inflight_reproduces_korthikanti_first_stage_counts():
+    assert inflight_per_chunk("1f1b", 8, 1, 64)[0] == 8  # eq. 5: first stage holds p micro-batches
+    p, v = 8, 3
+    chunks = inflight_per_chunk("interleaved", p, v, 64)
+    rank0 = sum(chunks[c] for c in range(0, p * v, p))
+    assert rank0 == v * p + p - 1  # L (1 + (p-1)/(p v)) layers' worth
+    assert inflight_per_chunk("gpipe", 4, 1, 16) == (16,) * 4
+    assert peak_inflight(build_schedule("1f1b", 4, 8), 3) == {3: 1}
+
+
+@settings(max_examples=25, deadline=None)
+@given(name=st.sampled_from(["1f1b", "interleaved", "zbv", "gpipe"]), p=st.integers(2, 5),
+       k=st.integers(4, 7), seed=st.lists(st.floats(0.5, 2.0), min_size=3, max_size=3),
+       p2p=st.sampled_from([0.0, 0.05]))
+def test_extrapolated_makespan_equals_full_simulation(name, p, k, seed, p2p):
+    v = 2 if name in ("interleaved", "zbv") else 1
+    m = k * p
+    n = p * v
+    f = tuple(seed[0] * (1 + 0.1 * (c % 3)) for c in range(n))
+    b = tuple(seed[1] * 2 * (1 + 0.05 * (c % 2)) for c in range(n))
+    w = tuple(seed[2] * 0.5 for _ in range(n)) if name == "zbv" else (0.0,) * n
+    full = simulate(build_schedule(name, p, m, v), f, b, w, p2p).makespan_s
+    assert makespan(name, p, v, m, f, b, w, p2p).makespan_s == pytest.approx(full, rel=1e-9)
+
+
+@settings(max_examples=20, deadline=None)
+@given(p=st.integers(2, 6), m1=st.integers(1, 4))
+def test_more_microbatches_shrink_the_bubble_fraction(p, m1):
+    m_small, m_big = m1 * p, (m1 + 2) * p
+    frac = []
+    for m in (m_small, m_big):
+        tl = simulate(build_schedule("1f1b", p, m), [1.0] * p, [2.0] * p, [0.0] * p, 0.0)
+        frac.append(tl.bubble_fraction())
+    assert frac[1] < frac[0]
