@@ -11,7 +11,9 @@ Parallelism (world = DP x TP x PP; EP divides the TP x DP ranks of a stage, plan
 - TP: the routed experts are replicated over TP, not sharded (documented choice): each TP rank
   routes the same tokens, so results and gradients are identical across TP; the cost is redundant
   expert compute and all-to-all traffic by a factor ``tp`` when the EP group spans TP ranks. The
-  shared expert is an ordinary dense MLP the runtime may shard with its TP styles.
+  shared expert is replicated too. Sequence parallelism: give the module the norm's DTensor output
+  (sharded on the sequence, torch's ``SequenceParallel`` style); it gathers the sequence and returns
+  the local slice as a plain tensor.
 - Gradients: expert weights must be averaged over the expert-data-parallel group ('edp' in
   planner/rank_order.py), never over 'dp'; call ``reduce_expert_grads`` after backward. Because an
   expert sees the tokens of all ``ep`` ranks of its group, its weight gradient is scaled by 1 / ep
@@ -34,6 +36,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.distributed.tensor import DTensor, Replicate
 
 from planner.errors import ConfigError
 from planner.model_spec import ModelSpec
@@ -43,7 +46,9 @@ from runtime.moe_router import TopKRouter, attach_aux_loss, switch_aux_loss
 DEFAULT_AUX_LOSS_COEF = 0.01
 """Switch Transformer's alpha (Fedus et al. 2021, Sec. 2.2: 1e-2); ModelSpec has no field for it."""
 DEFAULT_INIT_STD = 0.02
-"""Normal(0, 0.02) for every matrix (GPT-2 / Megatron-LM default init_method_std)."""
+"""Normal(0, 0.02) for the router and input matrices (GPT-2 / Megatron-LM init_method_std); the output
+(down) projections use std / sqrt(2 L), as runtime/model.py does for the dense MLP (GPT-2, Radford et al.
+2019 Sec. 2.3; Megatron-LM output_layer_init_method)."""
 
 
 def keyed_normal_(t: torch.Tensor, std: float, *key: object) -> torch.Tensor:
@@ -85,12 +90,12 @@ class SwiGLU(nn.Module):
         up = F.linear(x, p(self.up_proj.weight), p(self.up_proj.bias))
         return F.linear(F.silu(gate) * up, p(self.down_proj.weight), p(self.down_proj.bias))
 
-    def init_keyed(self, std: float, *key: object) -> None:
+    def init_keyed(self, std: float, out_std: float, *key: object) -> None:
         for name, param in self.named_parameters():
             if name.endswith("bias"):
                 nn.init.zeros_(param)
             else:
-                keyed_normal_(param, std, *key, name)
+                keyed_normal_(param, out_std if name.startswith("down_proj") else std, *key, name)
 
 
 class MoEFFN(nn.Module):
@@ -135,11 +140,12 @@ class MoEFFN(nn.Module):
         self.shared_expert = (SwiGLU(spec.hidden_size, spec.shared_ffn_width, spec.linear_bias)
                               if spec.shared_ffn_width else None)
         self.shared_expert_gate = nn.Linear(spec.hidden_size, 1, bias=False) if spec.shared_expert_gate else None
+        out_std = init_std / math.sqrt(2 * spec.num_layers)
         keyed_normal_(self.router.weight, init_std, "hybridplan.moe", seed, layer_index, "router")
         for e in local:
-            self.experts[str(e)].init_keyed(init_std, "hybridplan.moe", seed, layer_index, "expert", e)
+            self.experts[str(e)].init_keyed(init_std, out_std, "hybridplan.moe", seed, layer_index, "expert", e)
         if self.shared_expert is not None:
-            self.shared_expert.init_keyed(init_std, "hybridplan.moe", seed, layer_index, "shared")
+            self.shared_expert.init_keyed(init_std, out_std, "hybridplan.moe", seed, layer_index, "shared")
         if self.shared_expert_gate is not None:
             keyed_normal_(self.shared_expert_gate.weight, init_std, "hybridplan.moe", seed, layer_index, "shared_gate")
         ep_rank = self.dispatcher.ep_rank
@@ -177,6 +183,8 @@ class MoEFFN(nn.Module):
         return pos < capacity
 
     def forward(self, x_BSD: torch.Tensor) -> torch.Tensor:
+        if isinstance(x_BSD, DTensor):
+            return self._forward_sequence_parallel(x_BSD)
         shape = x_BSD.shape
         x_ND = x_BSD.reshape(-1, shape[-1])
         n, k = x_ND.shape[0], self.top_k
@@ -216,6 +224,18 @@ class MoEFFN(nn.Module):
         else:
             self.aux_loss = aux
         return y_ND.view(shape)
+
+    def _forward_sequence_parallel(self, x: DTensor) -> torch.Tensor:
+        """Sequence parallelism (the norm before us hands over a DTensor sharded on the sequence): gather the
+        sequence, run replicated over TP as without SP, return this rank's slice as a plain tensor (the
+        residual stream's layout), like the dense MLP's gather / reduce-scatter (Korthikanti et al. 2022).
+        Backward: the slice's gradient is all-gathered, the input gradient sliced (it is identical on
+        every TP rank), so no parameter of this module needs a TP reduction."""
+        mesh, placements = x.device_mesh, x.placements
+        full = x.redistribute(mesh, [Replicate()] * mesh.ndim).to_local()
+        y = self.forward(full)
+        return DTensor.from_local(y, mesh, [Replicate()] * mesh.ndim, run_check=False).redistribute(
+            mesh, placements).to_local()
 
     # --- gradient reduction --------------------------------------------------------------------
     @torch.no_grad()

@@ -1,6 +1,7 @@
 """Expert parallelism on gloo processes: dispatch then combine is the identity (uneven and empty
 splits, replicated experts), and the EP2 / EP4 layer equals the single-process layer (output, aux
-loss, input grads, expert and router grads, parameters after several SGD steps), with DP and TP.
+loss, input grads, expert and router grads, parameters after several SGD steps), with DP, TP and
+sequence parallelism.
 
 Tolerances: everything runs in float64; the EP run multiplies the same numbers in a different
 grouping (per-expert batches of other sizes, sums over ranks), so results agree to rounding,
@@ -12,6 +13,9 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.tensor import DTensor
+from torch.distributed.tensor.parallel import SequenceParallel, parallelize_module
 
 from planner.model_presets import PRESETS
 from planner.plan import default_expert_placement
@@ -26,16 +30,18 @@ TOKENS_B, TOKENS_S = 2, 8
 
 
 class MoEStack(nn.Module):
-    """Two residual MoE FFNs (layers 1 and 2 of tiny-moe): the smallest model with per-layer routing."""
+    """Two residual MoE FFNs (layers 1 and 2 of tiny-moe): the smallest model with per-layer routing;
+    with ``norm``, pre-norm blocks x + moe(norm(x)) (the norms carry sequence parallelism)."""
 
-    def __init__(self, ep_group=None, placement=None, tp_group=None, spec=SPEC, **options):
+    def __init__(self, ep_group=None, placement=None, tp_group=None, spec=SPEC, norm: bool = False, **options):
         super().__init__()
         self.moe = nn.ModuleList([build_moe_ffn(spec, i, ep_group, placement, tp_group, seed=7, **options)
                                   for i in (1, 2)])
+        self.norms = nn.ModuleList([nn.RMSNorm(spec.hidden_size) for _ in (1, 2)]) if norm else None
 
     def forward(self, x):
-        for m in self.moe:
-            x = x + m(x)
+        for i, m in enumerate(self.moe):
+            x = x + m(self.norms[i](x) if self.norms is not None else x)
         return x
 
 
@@ -109,8 +115,16 @@ def _twin_worker(configs: list[dict], steps: int) -> list[dict]:
         grp = make_groups(deg)
         c = coords_of(deg, dist.get_rank())
         placement = cfg.get("placement") or default_expert_placement(SPEC, deg.ep)
-        par = MoEStack(grp["ep"], placement, grp["tp"]).double()
-        ref = MoEStack().double()
+        sp = bool(cfg.get("sp"))
+        par = MoEStack(grp["ep"], placement, grp["tp"], norm=sp).double()
+        ref = MoEStack(norm=sp).double()
+        seq = slice(None)
+        if sp:  # sequence parallel: the norms run on this rank's sequence slice (torch SequenceParallel style)
+            tp_mesh = init_device_mesh("cpu", (deg.dp, deg.tp), mesh_dim_names=("dp", "tp"))["tp"]
+            for norm in par.norms:
+                parallelize_module(norm, tp_mesh, SequenceParallel())
+            part = TOKENS_S // deg.tp
+            seq = slice(c["tp"] * part, (c["tp"] + 1) * part)
         for m in ref.moe:  # the reference divides each slice's loss by dp: its aux gradient must follow
             m.aux_loss_backward_scale = 1.0 / deg.dp
         par_opt = torch.optim.SGD(par.parameters(), lr=0.5)
@@ -128,18 +142,26 @@ def _twin_worker(configs: list[dict], steps: int) -> list[dict]:
                 ref_losses.append(float(loss))
                 ref_aux.append([float(m.aux_loss) for m in ref.moe])
                 if d == c["dp"]:
-                    ref_x_grad = xs.grad * deg.dp
+                    ref_x_grad = xs.grad[:, seq] * deg.dp
             # parallel: this rank's DP slice (TP ranks share it)
             par_opt.zero_grad()
-            x = x_all[c["dp"] * TOKENS_B:(c["dp"] + 1) * TOKENS_B].clone().requires_grad_(True)
-            loss = loss_of(par(x))
-            loss.backward()
+            x = x_all[c["dp"] * TOKENS_B:(c["dp"] + 1) * TOKENS_B, seq].clone().requires_grad_(True)
+            y = par(x)
+            if sp:  # this slice's share of the full-sequence mean; the TP sum of the shares is the loss
+                loss = loss_of(y) * (y.numel() / (TOKENS_B * TOKENS_S * y.shape[-1]))
+                loss.backward()
+                loss = loss.detach().clone()
+                dist.all_reduce(loss, group=grp["tp"])
+            else:
+                loss = loss_of(y)
+                loss.backward()
             reduce_expert_grads(par, grp["edp"])
             experts = {id(p) for p in expert_parameters(par)}
             for p in par.parameters():  # what the runtime's DP wrapper does for dense parameters
                 if id(p) not in experts and p.grad is not None and deg.dp > 1:
-                    dist.all_reduce(p.grad, group=grp["dp"])
-                    p.grad /= deg.dp
+                    g = p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad  # SP norms: Replicate
+                    dist.all_reduce(g, group=grp["dp"])
+                    g /= deg.dp
             out["loss"] = max(out["loss"], abs(float(loss) - ref_losses[c["dp"]]))
             out["aux"] = max(out["aux"], max(abs(float(m.aux_loss) - a) for m, a in zip(par.moe, ref_aux[c["dp"]])))
             out["x_grad"] = max(out["x_grad"], _max_diff(x.grad, ref_x_grad))
@@ -152,9 +174,10 @@ def _twin_worker(configs: list[dict], steps: int) -> list[dict]:
             ref_opt.step()
         ref_params = dict(ref.named_parameters())
         for name, p in par.named_parameters():
-            out["params"] = max(out["params"], _max_diff(p, ref_params[name]))
-        out["ref_param_change"] = float(sum((p - MoEStack().double().get_parameter(n)).abs().max()
-                                            for n, p in ref.named_parameters()))
+            full = p.full_tensor() if isinstance(p, DTensor) else p
+            out["params"] = max(out["params"], _max_diff(full, ref_params[name]))
+        fresh = MoEStack(norm=sp).double()
+        out["ref_param_change"] = float(sum((p - fresh.get_parameter(n)).abs().max() for n, p in ref.named_parameters()))
         out["aux_value"] = float(par.moe[0].aux_loss)
         results.append(out)
     return results
@@ -177,7 +200,8 @@ def test_ep2_layer_equals_single_process() -> None:
 def test_ep4_layer_equals_single_process_with_dp_and_tp() -> None:
     configs = [dict(tp=1, dp=4, ep=4),
                dict(tp=1, dp=4, ep=2),    # edp groups of 2 average the experts
-               dict(tp=2, dp=2, ep=2)]    # EP group = a TP pair: experts replicated over TP
+               dict(tp=2, dp=2, ep=2),    # EP group = a TP pair: experts replicated over TP
+               dict(tp=2, dp=2, ep=4, sp=True)]  # sequence parallel norms hand over sequence slices
     _check(launch(_twin_worker, 4, configs, 3, timeout_s=120), "ep4/dp/tp")
 
 

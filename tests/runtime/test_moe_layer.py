@@ -117,8 +117,10 @@ def test_keyed_init_depends_on_key_only() -> None:
     assert torch.equal(a.experts["2"].gate_proj.weight, b.experts["2"].gate_proj.weight)
     assert not torch.equal(a.experts["2"].gate_proj.weight, a.experts["3"].gate_proj.weight)
     assert not torch.equal(a.experts["2"].gate_proj.weight, c.experts["2"].gate_proj.weight)
-    std = float(torch.cat([p.detach().reshape(-1) for p in a.parameters()]).std())
+    std = float(torch.cat([p.detach().reshape(-1) for n, p in a.named_parameters() if "down" not in n]).std())
     assert 0.018 < std < 0.022
+    down = float(torch.cat([p.detach().reshape(-1) for n, p in a.named_parameters() if "down" in n]).std())
+    assert 0.9 < down / (0.02 / math.sqrt(2 * SPEC.num_layers)) < 1.1  # scaled output init
     assert all(getattr(p, "_hybridplan_expert", False) for p in a.experts.parameters())
     assert not getattr(a.router.weight, "_hybridplan_expert", False)
 
