@@ -128,28 +128,63 @@ class DeviceRate:
     concurrency: int = 1
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_time(v: Any) -> bool:
+    """A real, finite, non-negative number (a huge int that overflows float is not)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(v)) and v >= 0
+    except OverflowError:
+        return False
+
+
 def _check_record(rec: Any, i: int, source: str) -> None:
+    """Every field of a record has the right type and range, so a query never meets a bad value."""
     where = f"{source}: {type(rec).__name__} #{i}"
-    if isinstance(rec, BlockRecord):
-        if rec.block_kind not in BLOCK_KINDS:
-            raise SpecError(f"{where}: block_kind {rec.block_kind!r} not one of {', '.join(BLOCK_KINDS)}")
-        for n in ("tp", "micro_batch", "seq_len", "repeats", "concurrency"):
-            v = getattr(rec, n)
-            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-                raise SpecError(f"{where}: {n} must be a positive integer, got {v!r}")
-        for n in ("forward_s", "backward_s"):
-            v = getattr(rec, n)
-            if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-                raise SpecError(f"{where}: {n} must be a finite time >= 0, got {v!r}")
-    elif isinstance(rec, CollectiveSample):
+    pos_int = (_is_int, "a positive integer")
+    for name, (ok, what) in _checks(rec).items():
+        v = getattr(rec, name)
+        if not ok(v) or (what == pos_int[1] and v <= 0):
+            raise SpecError(f"{where}: {name} must be {what}, got {v!r}")
+    if isinstance(rec, BlockRecord) and rec.block_kind not in BLOCK_KINDS:
+        raise SpecError(f"{where}: block_kind {rec.block_kind!r} not one of {', '.join(BLOCK_KINDS)}")
+    if isinstance(rec, CollectiveSample):
         if rec.op not in COLLECTIVE_OPS:
             raise SpecError(f"{where}: op {rec.op!r} not one of {', '.join(COLLECTIVE_OPS)}")
         if rec.link_level not in LINK_LEVELS:
             raise SpecError(f"{where}: link_level {rec.link_level!r} not one of {', '.join(LINK_LEVELS)}")
-        if isinstance(rec.group_size, bool) or not isinstance(rec.group_size, int) or rec.group_size < 2:
+        if rec.group_size < 2:
             raise SpecError(f"{where}: group_size must be an integer >= 2, got {rec.group_size!r}")
-        if not (math.isfinite(rec.nbytes) and rec.nbytes >= 0 and math.isfinite(rec.time_s) and rec.time_s > 0):
-            raise SpecError(f"{where}: needs nbytes >= 0 and time_s > 0")
+        if rec.time_s <= 0:
+            raise SpecError(f"{where}: needs nbytes >= 0 and time_s > 0, got time_s={rec.time_s!r}")
+
+
+def _checks(rec: Any) -> dict[str, tuple[Any, str]]:
+    string = (lambda v: isinstance(v, str), "a string")
+    pos_int = (_is_int, "a positive integer")
+    time = (_is_time, "a finite number >= 0")
+    opt_time = (lambda v: v is None or _is_time(v), "a finite number >= 0 or null")
+    if isinstance(rec, BlockRecord):
+        return {"model": string, "block_kind": string, "dtype": string, "tp": pos_int, "micro_batch": pos_int,
+                "seq_len": pos_int, "repeats": pos_int, "concurrency": pos_int,
+                "sequence_parallel": (lambda v: isinstance(v, bool), "true or false"),
+                "forward_s": time, "backward_s": time, "recompute_s": opt_time, "forward_spread_s": time,
+                "backward_spread_s": time,
+                "peak_memory_bytes": (lambda v: v is None or (_is_int(v) and v >= 0), "an integer >= 0 or null")}
+    if isinstance(rec, CollectiveSample):
+        return {"op": string, "link_level": string, "group_size": pos_int, "concurrency": pos_int,
+                "nbytes": time, "time_s": time}
+    if isinstance(rec, DeviceRate):
+        return {"name": string, "concurrency": pos_int, "value": time}
+    if isinstance(rec, ProfileHeader):
+        return {"device": string, "backend": string, "torch_version": string, "date": string, "host": string,
+                "notes": string, "world_size": pos_int, "nodes": pos_int, "devices_per_node": pos_int,
+                "nccl_version": (lambda v: v is None or isinstance(v, str), "a string or null")}
+    return {}
 
 
 def _from_row(cls: type, row: Any, i: int, source: str) -> Any:
@@ -181,7 +216,8 @@ class Profile:
     """Which concurrency queries use; None: the header's world size if measured, else the largest."""
 
     def __post_init__(self) -> None:
-        for i, r in enumerate(self.blocks + self.collectives):
+        _check_record(self.header, 0, "profile")
+        for i, r in enumerate(self.blocks + self.collectives + self.device_rates):
             _check_record(r, i, "profile")
 
     # --- concurrency selection -----------------------------------------------------------------
@@ -338,6 +374,10 @@ class Profile:
         models = data.get("models") or {}
         if not isinstance(models, dict):
             raise SpecError(f"{source}: models must map a model name to its spec")
+        from planner.model_spec import ModelSpec
+
+        for name, spec in models.items():
+            ModelSpec.from_dict(spec, f"{source}: models[{name!r}]")  # a bad spec fails here, not in a query
         out = {}
         for key, klass in (("blocks", BlockRecord), ("collectives", CollectiveSample), ("device_rates", DeviceRate)):
             rows = data.get(key) or []

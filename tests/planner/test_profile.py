@@ -65,7 +65,11 @@ def test_version_mismatch_is_one_line_spec_error(tmp_path):
     (lambda d: d["blocks"][0].update(block_kind="conv"), "block_kind 'conv'"),
     (lambda d: d["blocks"][0].update(bogus=1), "unknown field 'bogus'"),
     (lambda d: d["collectives"][0].update(link_level="pcie"), "link_level 'pcie'"),
-    (lambda d: d["collectives"][0].update(time_s=-1.0), "time_s > 0"),
+    (lambda d: d["collectives"][0].update(time_s=-1.0), "time_s must be a finite number"),
+    (lambda d: d["collectives"][0].update(time_s=0.0), "time_s > 0"),
+    (lambda d: d["blocks"][0].update(forward_s=10**400), "forward_s must be a finite number"),
+    (lambda d: d["blocks"][0].update(sequence_parallel="no"), "sequence_parallel must be true or false"),
+    (lambda d: d["models"].update(bad="x"), "models\[.bad.\]"),
     (lambda d: d.update(blocks="x"), "blocks must be a list"),
 ])
 def test_malformed_profiles_are_refused(tmp_path, mutate, msg):
