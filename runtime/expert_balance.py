@@ -46,7 +46,7 @@ def collect_expert_load(model: nn.Module, model_name: str, num_layers: int, num_
 
     Ranks of one TP group route the same tokens (experts are replicated over TP), so only TP rank 0
     contributes. Layers held by other pipeline stages arrive through the same sum."""
-    counts = torch.zeros(num_layers, num_experts, dtype=torch.long)
+    counts = torch.zeros(num_layers, num_experts, dtype=torch.long, device=_device(model))
     for m in moe_modules(model):
         if m.tp_group is None or dist.get_rank(m.tp_group) == 0:
             counts[m.layer_index] += m.tokens_per_expert_accum
@@ -61,7 +61,7 @@ def measured_rank_loads(model: nn.Module) -> dict[int, list[int]]:
     (all-gathered over the EP group; one entry for a single process)."""
     out = {}
     for m in moe_modules(model):
-        t = torch.tensor([m.received_tokens_accum], dtype=torch.long)
+        t = torch.tensor([m.received_tokens_accum], dtype=torch.long, device=_device(model))
         group = m.dispatcher.group
         if group is None:
             out[m.layer_index] = [int(t)]
@@ -79,15 +79,21 @@ def max_over_mean(loads_per_layer: dict[int, list[int]]) -> float:
     return busiest / mean if mean else 1.0
 
 
-def _broadcast_json(obj, src: int = 0):
+def _device(model: nn.Module) -> torch.device:
+    """Where collectives' tensors live: the model's device (cuda under NCCL, cpu under gloo)."""
+    return next(model.parameters()).device
+
+
+def _broadcast_json(obj, device: torch.device, src: int = 0):
     """Rank ``src``'s JSON-able object on every rank (as bytes in a tensor: no pickles)."""
     if not dist.is_initialized():
         return obj
-    data = torch.tensor(list(json.dumps(obj).encode()) if dist.get_rank() == src else [], dtype=torch.uint8)
-    size = torch.tensor([data.numel()], dtype=torch.long)
+    data = torch.tensor(list(json.dumps(obj).encode()) if dist.get_rank() == src else [], dtype=torch.uint8,
+                        device=device)
+    size = torch.tensor([data.numel()], dtype=torch.long, device=device)
     dist.broadcast(size, src)
     if dist.get_rank() != src:
-        data = torch.empty(int(size), dtype=torch.uint8)
+        data = torch.empty(int(size), dtype=torch.uint8, device=device)
     dist.broadcast(data, src)
     return json.loads(bytes(data.tolist()).decode())
 
@@ -111,7 +117,7 @@ def rebalance_experts(model: nn.Module, optimizer: torch.optim.Optimizer | None,
             payload = {"plan": new_plan.to_dict()}
         except PlannerError as exc:  # every rank must hear it, or the others wait in the broadcast
             payload = {"error": str(exc), "type": type(exc).__name__}
-    payload = _broadcast_json(payload)
+    payload = _broadcast_json(payload, _device(model))
     if "error" in payload:
         raise PlannerError(f"expert rebalancing failed on rank 0: {payload['error']}")
     new_plan = Plan.from_dict(payload["plan"], "rebalanced plan")
@@ -170,7 +176,7 @@ def _move_layer(m: MoEFFN, optimizer: torch.optim.Optimizer | None, new_placemen
         src_global = me if old.group is None else dist.get_global_rank(old.group, src)
         mod = m.experts[str(e)] if have else SwiGLU(hidden, ffn, bias).to(template.gate_proj.weight)
         for n, p in mod.named_parameters():
-            buf = p.data if me == src else torch.empty(spec_shapes[n], dtype=p.dtype)
+            buf = p.data if me == src else torch.empty(spec_shapes[n], dtype=p.dtype, device=p.device)
             if old.group is not None:
                 dist.broadcast(buf, src_global, group=old.group)
             if not have:
@@ -178,10 +184,11 @@ def _move_layer(m: MoEFFN, optimizer: torch.optim.Optimizer | None, new_placemen
             for k in state_keys:
                 ref = optimizer.state[template.get_parameter(n)][k]
                 s = optimizer.state[p][k] if have else torch.empty_like(ref)
+                wire = s.to(p.device)  # Adam keeps 'step' on the CPU; NCCL sends device tensors only
                 if old.group is not None:
-                    dist.broadcast(s, src_global, group=old.group)
+                    dist.broadcast(wire, src_global, group=old.group)
                 if wanted and not have:
-                    optimizer.state[p][k] = s.clone()
+                    optimizer.state[p][k] = wire.to(ref.device).clone()
         if wanted and not have:
             if optimizer is not None:
                 for n, p in mod.named_parameters():

@@ -179,7 +179,7 @@ class MoEFFN(nn.Module):
         counts = torch.bincount(experts_P, minlength=self.num_experts)
         starts = torch.cumsum(counts, 0) - counts
         pos = torch.empty_like(experts_P)
-        pos[perm] = torch.arange(experts_P.numel()) - starts[sorted_e]
+        pos[perm] = torch.arange(experts_P.numel(), device=experts_P.device) - starts[sorted_e]
         return pos < capacity
 
     def forward(self, x_BSD: torch.Tensor) -> torch.Tensor:
@@ -249,7 +249,8 @@ class MoEFFN(nn.Module):
         ref = next(iter(self.experts.values()))
         sizes = [p.numel() for p in ref.parameters()]
         per_expert = sum(sizes)
-        buf = torch.zeros(len(replicated) * per_expert, dtype=ref.gate_proj.weight.dtype)
+        w = ref.gate_proj.weight
+        buf = torch.zeros(len(replicated) * per_expert, dtype=w.dtype, device=w.device)
         for i, e in enumerate(replicated):
             if str(e) in self.experts:
                 grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.experts[str(e)].parameters()]

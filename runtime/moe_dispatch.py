@@ -132,7 +132,7 @@ class ExpertDispatcher:
         counts = torch.bincount(expert_P, minlength=self.num_experts)
         starts = torch.cumsum(counts, 0) - counts
         pos = torch.empty_like(expert_P)
-        pos[perm] = torch.arange(expert_P.numel()) - starts[sorted_e]
+        pos[perm] = torch.arange(expert_P.numel(), device=expert_P.device) - starts[sorted_e]
         chunk = (pos * n) // counts[expert_P]
         j = (chunk + self.ep_rank) % n
         return self._holder_key[expert_P, j]
@@ -145,6 +145,9 @@ class ExpertDispatcher:
         (for this rank's experts, in ``local_experts`` order), and the state for ``combine``.
         """
         num_pairs = token_P.numel()
+        if self._holder_key.device != expert_P.device:  # tables follow the tokens (cuda under NCCL)
+            self._holder_key = self._holder_key.to(expert_P.device)
+            self._n_holders = self._n_holders.to(expert_P.device)
         keys = self._destination_keys(expert_P)
         keys_sorted, order = torch.sort(keys, stable=True)
         ep, slots = self.ep, self.max_slots
@@ -158,7 +161,7 @@ class ExpertDispatcher:
         recv_splits = recv_counts.sum(1).tolist()
         rows = all_to_all_rows(x_ND[token_P[order]], recv_splits, send_splits, self.group)
         # received rows come source by source, each block ordered by slot; regroup by slot, stably
-        slot_of_row = torch.repeat_interleave(torch.arange(slots).repeat(ep), recv_counts.reshape(-1))
+        slot_of_row = torch.repeat_interleave(torch.arange(slots, device=rows.device).repeat(ep), recv_counts.reshape(-1))
         _, regroup = torch.sort(slot_of_row, stable=True)
         per_slot = recv_counts.sum(0).tolist()[: len(self.local_experts)]
         state = DispatchState(order=order, send_splits=send_splits, recv_splits=recv_splits,
