@@ -4,7 +4,8 @@ measured profile.
 Model (Thakur, Rabenseifner & Gropp 2005; Patarasuk & Yuan 2009 for the bandwidth-optimal ring), for a
 group of n ranks, message ``nbytes`` per rank, link latency alpha and achieved per-rank bandwidth B:
 
-* ring all-reduce:      2 (n-1) alpha + 2 (n-1)/n nbytes / B
+* ring all-reduce:      2 (n-1) alpha + 2 (n-1)/n nbytes / B  (or NCCL's tree, 2 log2(n) alpha + 2 nbytes / B,
+                        when faster)
 * all-gather:           (n-1) alpha + (n-1)/n nbytes / B       (nbytes = the gathered output)
 * reduce-scatter:       (n-1) alpha + (n-1)/n nbytes / B       (nbytes = the input)
 * all-to-all:           (n-1) alpha + (n-1)/n nbytes / B       (nbytes = what one rank holds)
@@ -24,6 +25,7 @@ per-GPU NIC share. A ``profile`` (planner.profile.Profile) replaces both where i
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -47,10 +49,14 @@ def _bw(link: LinkLevel) -> float:
 
 
 def ring_all_reduce_s(nbytes: float, n: int, link: LinkLevel) -> float:
-    """Patarasuk & Yuan 2009: 2 (n-1) steps of nbytes / n each."""
+    """Patarasuk & Yuan 2009: 2 (n-1) steps of nbytes / n each; NCCL switches to its double binary tree
+    (2 log2 n latency steps, each rank sending the message twice; Sanders et al. 2009) when that is faster,
+    i.e. for small messages on large groups."""
     if n <= 1 or nbytes <= 0:
         return 0.0
-    return 2 * (n - 1) * link.latency_s + 2 * (n - 1) / n * nbytes / _bw(link)
+    ring = 2 * (n - 1) * link.latency_s + 2 * (n - 1) / n * nbytes / _bw(link)
+    tree = 2 * math.ceil(math.log2(n)) * link.latency_s + 2 * nbytes / _bw(link)
+    return min(ring, tree)
 
 
 def all_gather_s(nbytes: float, n: int, link: LinkLevel) -> float:

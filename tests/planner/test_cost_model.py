@@ -1,0 +1,110 @@
+"""CostModel interface: Estimate fields, breakdown adds up, partition inputs agree, profile, errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from planner.cluster_spec import resolve_cluster
+from planner.cost import BREAKDOWN_TERMS, CostModel, Estimate
+from planner.errors import ConfigError
+from planner.model_presets import PRESETS
+from planner.parallel_config import ParallelConfig
+
+
+def _gpt3():
+    return CostModel(PRESETS["gpt3-175b"], resolve_cluster("dgx-a100-80gb", gpus=1024))
+
+
+CFG = ParallelConfig(dp=8, tp=8, pp=16, micro_batch_size=1, global_batch_size=1536, seq_len=2048,
+                     schedule="interleaved", virtual_stages=2, recompute="selective", sequence_parallel=True)
+
+
+def test_estimate_fields_and_breakdown_add_up():
+    est = _gpt3().estimate(CFG)
+    assert isinstance(est, Estimate)
+    assert set(BREAKDOWN_TERMS) <= set(est.breakdown)
+    assert sum(est.breakdown.values()) == pytest.approx(est.step_time_s)
+    assert all(v >= 0 for v in est.breakdown.values())
+    assert len(est.memory_by_stage) == 16 and len(est.chunk_times_s) == 32
+    assert est.peak_memory_bytes == max(s.total_bytes for s in est.memory_by_stage)
+    assert 0 < est.mfu <= est.hfu < 1
+    model_flops = 72 * 1536 * 96 * 2048 * 12288**2 * (1 + 2048 / (6 * 12288) + 51200 / (12 * 12288 * 96))
+    assert est.tflops_per_gpu == pytest.approx(model_flops / est.step_time_s / 1024 / 1e12, rel=0.01)
+    json.dumps(est.to_dict(), allow_nan=False)
+
+
+def test_invalid_config_raises_and_does_not_fit_does_not():
+    cm = _gpt3()
+    with pytest.raises(ConfigError):
+        cm.estimate(ParallelConfig(dp=1024 // 10 // 1, tp=10, pp=1, micro_batch_size=1, global_batch_size=1530,
+                                   seq_len=2048))
+    big = ParallelConfig(dp=1024, tp=1, pp=1, micro_batch_size=1, global_batch_size=1024, seq_len=2048)
+    est = cm.estimate(big)
+    assert not est.fits and est.excess_bytes > 0 and any("does not fit" in n for n in est.notes)
+    assert cm.memory(big).fits is False
+
+
+def test_partition_inputs_rebuild_the_memory_and_time_of_a_stage():
+    cm = _gpt3()
+    cfg = CFG.replace(schedule="1f1b", virtual_stages=1)
+    pin = cm.partition_inputs(cfg)
+    est = cm.estimate(cfg)
+    assert len(pin.layer_time_s) == 96 and len(pin.inflight_microbatches) == 16
+    assert pin.inflight_microbatches[0] == 16
+    stage0 = est.memory_by_stage[0]
+    static = sum(pin.layer_static_bytes[:6]) + pin.embed_static_bytes
+    assert static == pytest.approx(stage0.weights_bytes + stage0.gradients_bytes + stage0.optimizer_bytes, rel=1e-9)
+    act = (sum(pin.layer_activation_bytes[:6]) + pin.embed_activation_bytes) * pin.inflight_microbatches[0]
+    assert act == pytest.approx(stage0.activations_bytes, rel=1e-9)
+    assert sum(pin.layer_time_s[6:12]) == pytest.approx(est.chunk_times_s[1], rel=1e-9)
+    assert all(x > 0 for x in pin.layer_full_recompute_extra_s)
+    assert all(f < a for f, a in zip(pin.layer_activation_full_recompute_bytes, pin.layer_activation_bytes))
+    assert pin.capacity_bytes == cm.capacity_bytes
+
+
+class _Profile:
+    def block_time_s(self, block_kind, tp, micro_batch, seq_len, sequence_parallel):
+        return (0.01, 0.02) if block_kind in ("attention", "mlp") else None
+
+    def collective_time_s(self, op, group_size, link_level, nbytes):
+        return None
+
+
+def test_profile_block_times_replace_the_analysis():
+    m = PRESETS["tiny-gpt"]
+    c = resolve_cluster("cpu", gpus=2)
+    cfg = ParallelConfig(dp=2, tp=1, pp=1, micro_batch_size=2, global_batch_size=8, seq_len=32)
+    plain = CostModel(m, c).estimate(cfg)
+    prof = CostModel(m, c, profile=_Profile()).estimate(cfg)
+    per_mb_layers = m.num_layers * (0.01 + 0.02)
+    assert prof.chunk_times_s[0] > per_mb_layers > plain.chunk_times_s[0]
+
+
+def test_stage_layers_and_per_chunk_full_recompute_are_priced():
+    cm = _gpt3()
+    cfg = CFG.replace(schedule="1f1b", virtual_stages=1)
+    uneven = cfg.replace(stage_layers=(5,) + (6,) * 14 + (7,))
+    est = cm.estimate(uneven)
+    assert est.chunk_times_s[0] < est.chunk_times_s[-1]
+    rec = cm.estimate(cfg.replace(stage_recompute_layers=(6,) + (0,) * 15))
+    base = cm.estimate(cfg)
+    assert rec.chunk_times_s[0] > base.chunk_times_s[0]
+    assert rec.memory_by_stage[0].activations_bytes < base.memory_by_stage[0].activations_bytes
+
+
+def test_mixtral_ep_and_zbv_and_grad_sync_variants_run():
+    m = PRESETS["mixtral-8x7b"]
+    cm = CostModel(m, resolve_cluster("dgx-h100", gpus=64))
+    cfg = ParallelConfig(dp=16, tp=1, pp=4, ep=8, micro_batch_size=1, global_batch_size=256, seq_len=4096,
+                         schedule="interleaved", virtual_stages=8)
+    est = cm.estimate(cfg)
+    assert est.breakdown["ep_comm"] > 0 and est.fits
+    zbv = cm.estimate(cfg.replace(schedule="zbv", virtual_stages=2))
+    assert zbv.step_time_s > 0
+    for gs in ("hierarchical", "ps"):
+        assert cm.estimate(cfg.replace(grad_sync=gs)).step_time_s > 0
+    ps = cm.estimate(cfg.replace(grad_sync="ps", overlap_grad_reduce=False))
+    ring = cm.estimate(cfg.replace(overlap_grad_reduce=False))
+    assert ps.breakdown["dp_sync_exposed"] > ring.breakdown["dp_sync_exposed"]
