@@ -57,16 +57,18 @@ def predicted_trace(st: StepTimeline, *, plan_name: str, step_time_s: float) -> 
         for name, dur in (("grad sync (exposed)", st.dp_sync_exposed_s), ("ZeRO-3 gathers (exposed)",
                                                                           st.zero3_gather_s)):
             if dur > 0:
-                tb.add(r, "dp", name, _us(tail), _us(dur), kind="S")
+                tb.add(r, "dp", name, *_span(tail, dur), kind="S")
                 tail += dur
         if st.optimizer_s > 0:
-            tb.add(r, "compute", "optimizer step", _us(tail), _us(st.optimizer_s), kind="O")
+            tb.add(r, "compute", "optimizer step", *_span(tail, st.optimizer_s), kind="O")
     return tb.to_dict()
 
 
-def _us(seconds: float) -> float:
-    """Microseconds rounded to nanoseconds: far below any predicted duration, and a third of the file size."""
-    return round(seconds * US, 3)
+def _span(start_s: float, dur_s: float) -> tuple[float, float]:
+    """(ts, dur) in microseconds rounded to nanoseconds (far below any predicted duration; a smaller file).
+    The end is rounded, not the duration, so back-to-back slices stay back to back."""
+    ts = round(start_s * US, 3)
+    return ts, max(0.0, round((start_s + dur_s) * US, 3) - ts)
 
 
 def _stands_for(d, r: int, all_replicas: bool) -> list[int]:
@@ -98,10 +100,10 @@ def _rank_events(tb: TraceBuilder, r: int, st: StepTimeline, actions, pp_rank_of
         for track, name, dur in pieces:
             if dur > 0:
                 extra = {"recompute_s": p.recompute_s} if track == "compute" and a.kind == "B" and p.recompute_s else {}
-                tb.add(r, track, name, _us(t), _us(dur), **args, **extra)
+                tb.add(r, track, name, *_span(t, dur), **args, **extra)
                 t += dur
         if sends and st.p2p_s > 0:
             start = e - st.p2p_s if st.p2p_in_actions else max(e, pp_free)
-            tb.add(r, "pp", f"send {'activation' if a.kind == 'F' else 'gradient'} {tag}", _us(start),
-                   _us(st.p2p_s), **args, to_pp_rank=pp_rank_of[consumer])
+            tb.add(r, "pp", f"send {'activation' if a.kind == 'F' else 'gradient'} {tag}",
+                   *_span(start, st.p2p_s), **args, to_pp_rank=pp_rank_of[consumer])
             pp_free = start + st.p2p_s
