@@ -114,6 +114,7 @@ def write_stats(path: str | os.PathLike) -> None:
 def format_stats(counts: dict[str, dict[str, int]] | None = None) -> list[str]:
     counts = counts if counts is not None else {k: dict(v) for k, v in COUNTS.items()}
     outcomes = ["accepted", "rejected", "known_bug", "traceback", "bad_message", "unnamed"]
+    outcomes += sorted({o for c in counts.values() for o in c} - set(outcomes))  # e.g. the CLI's exit codes
     lines = [f"{'category':28s} {'inputs':>7s} " + " ".join(f"{o:>11s}" for o in outcomes)]
     for cat in sorted(counts):
         c = counts[cat]

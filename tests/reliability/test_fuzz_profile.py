@@ -17,10 +17,11 @@ from tests.reliability.fuzzlib import feed, fuzz_settings
 from tests.reliability.strategies import combine, mutations
 
 TARGETS = {"profile": 1000}
-# BUG owned by planner/profile.py (reported; strict-xfail tests in test_input_regressions.py): records'
-# fields other than a few are not type-checked, so a bad value surfaces later as a TypeError /
-# OverflowError / AttributeError in a query. Counted as known_bug until fixed; then remove this.
+# BUG owned by planner/profile.py (reported; strict-xfail repro test_profile_huge_shape in
+# test_input_regressions.py): integer shape fields have no upper bound, so micro_batch=10**400 passes the
+# check and a query's float division raises OverflowError. Counted as known_bug until fixed; then remove.
 KNOWN = ("planner/profile.py",)
+
 CPU4 = resolve_cluster("cpu", gpus=4)
 
 
