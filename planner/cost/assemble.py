@@ -6,6 +6,7 @@ from __future__ import annotations
 from planner.collectives import group_layout
 from planner.cost import memory as mem
 from planner.cost.pipeline import makespan
+from planner.cost.step import _type_counts
 from planner.cost.sync import exposed_after_backward_s, grad_sync_s, optimizer_s
 from planner.cost.types import Estimate
 from planner.errors import ConfigError
@@ -45,13 +46,13 @@ def _rank_params(cm, config: ParallelConfig) -> list[tuple[float, float]]:
             d, e = d + x, e + y
         per_type.append((d, e))
     out = [[0.0, 0.0] for _ in range(config.pp)]
-    ranges = config.chunk_layer_ranges(cm.model)
+    ranges = cm.ranges(config)
     for c, (lo, hi) in enumerate(ranges):
         r = ParallelConfig.chunk_to_pp_rank(c, config.pp, config.schedule)
-        for i in range(lo, hi):
-            d, e = per_type[g.type_of_layer(i)]
-            out[r][0] += d
-            out[r][1] += e
+        counts, _ = _type_counts(g, lo, hi, 0)
+        for t, n in enumerate(counts):
+            out[r][0] += n * per_type[t][0]
+            out[r][1] += n * per_type[t][1]
     emb = mem.block_params_on_rank(g.embedding, config.tp, config.ep)[0]
     head = mem.block_params_on_rank(g.head, config.tp, config.ep)[0]
     if cm.model.tied_embeddings and config.pp > 1:
@@ -68,8 +69,8 @@ def assemble(cm, config: ParallelConfig) -> Estimate:
         raise ConfigError(f"compression {config.compression} needs grad_sync allreduce")
     chunks = cm._chunks(config)
 
-    def rank_of_c(c: int) -> int:
-        return ParallelConfig.chunk_to_pp_rank(c, config.pp, config.schedule)
+    rank_list = [ParallelConfig.chunk_to_pp_rank(c, config.pp, config.schedule) for c in range(len(chunks))]
+    rank_of_c = rank_list.__getitem__
 
     pp, v, m = config.pp, config.virtual_stages, config.num_micro_batches
     split = config.schedule == "zbv"
@@ -77,15 +78,17 @@ def assemble(cm, config: ParallelConfig) -> Estimate:
     w = tuple(c[2] for c in chunks) if split else (0.0,) * len(chunks)
     b = tuple(c[1] - wi for c, wi in zip(chunks, w))
     p2p = _p2p_s(cm, config)
-    if cm.options.pp_comm_overlap or pp == 1:
-        res = makespan(config.schedule, pp, v, m, f, b, w, p2p)
-    else:  # blocking sends: a chunk's forward ends after sending its output, its backward after the grad
-        n = len(chunks)
-        fs = tuple(x + (p2p if c < n - 1 and rank_of_c(c + 1) != rank_of_c(c) else 0.0) for c, x in enumerate(f))
-        bs = tuple(x + (p2p if c > 0 and rank_of_c(c - 1) != rank_of_c(c) else 0.0) for c, x in enumerate(b))
+    n_chunks = len(chunks)
+    blocking = not cm.options.pp_comm_overlap and pp > 1
+    send_f = [p2p if c < n_chunks - 1 and rank_of_c(c + 1) != rank_of_c(c) else 0.0 for c in range(n_chunks)]
+    send_b = [p2p if c > 0 and rank_of_c(c - 1) != rank_of_c(c) else 0.0 for c in range(n_chunks)]
+    if blocking:  # blocking sends: a chunk's forward ends after sending its output, its backward after the grad
+        fs = tuple(x + y for x, y in zip(f, send_f))
+        bs = tuple(x + y for x, y in zip(b, send_b))
         res = makespan(config.schedule, pp, v, m, fs, bs, w, 0.0)
-    res0 = makespan(config.schedule, pp, v, m, f, b, w, 0.0) if pp > 1 and p2p > 0 else res
-    rank_of = [ParallelConfig.chunk_to_pp_rank(c, pp, config.schedule) for c in range(len(chunks))]
+    else:
+        res = makespan(config.schedule, pp, v, m, f, b, w, p2p)
+    rank_of = rank_list
     busy = [0.0] * pp
     last_bwd = [0.0] * pp
     first_fwd = [0.0] * pp
@@ -105,14 +108,23 @@ def assemble(cm, config: ParallelConfig) -> Estimate:
     opt_s = 0.0
     zero3 = 0.0
     codec_total = 0.0
+    sync_memo: dict[tuple[float, float], tuple[float, int, float, float]] = {}
+
+    def _sync(dense: float, expert: float) -> tuple[float, int, float, float]:
+        out = grad_sync_s(comm, config, dense, "dp", config.dp, mdl.dtype_bytes, mdl.hidden_size,
+                          cm.hw.hbm_bytes_per_s, cm.options.grad_bytes)
+        if expert:
+            e = grad_sync_s(comm, config, expert, "edp", edp, mdl.dtype_bytes, mdl.hidden_size,
+                            cm.hw.hbm_bytes_per_s, cm.options.grad_bytes)
+            out = (out[0] + e[0], out[1] + e[1], out[2] + e[2], out[3] + e[3])
+        return out
+
     for r in range(pp):
         dense, expert = params[r]
-        rs, nb, ag, codec = grad_sync_s(comm, config, dense, "dp", config.dp, mdl.dtype_bytes, mdl.hidden_size,
-                                        cm.hw.hbm_bytes_per_s, cm.options.grad_bytes)
-        if expert:
-            rs_e, nb_e, ag_e, codec_e = grad_sync_s(comm, config, expert, "edp", edp, mdl.dtype_bytes,
-                                                    mdl.hidden_size, cm.hw.hbm_bytes_per_s, cm.options.grad_bytes)
-            rs, nb, ag, codec = rs + rs_e, nb + nb_e, ag + ag_e, codec + codec_e
+        memo = sync_memo.get((dense, expert))
+        if memo is None:
+            memo = sync_memo[(dense, expert)] = _sync(dense, expert)
+        rs, nb, ag, codec = memo
         exposed = exposed_after_backward_s(rs, nb, last_bwd[r], config.overlap_grad_reduce) + codec
         if ag:  # updated parameters: gathered after the step, overlapped with the next forward when enabled
             exposed += max(0.0, ag - first_fwd[r]) if config.overlap_grad_reduce else ag
@@ -138,8 +150,12 @@ def assemble(cm, config: ParallelConfig) -> Estimate:
         tp += bt.tp_fwd_s + bt.tp_bwd_s
         ep += bt.ep_fwd_s + bt.ep_bwd_s
     comp, rec, tp, ep = comp * m, rec * m, tp * m, ep * m
-    pp_comm = max(0.0, res.makespan_s - res0.makespan_s)
-    bubble = max(0.0, res0.makespan_s - busy[crit])
+    if blocking:  # the busiest rank's own sends, every micro-batch
+        pp_comm = m * sum(send_f[c] + send_b[c] for c in range(n_chunks) if rank_of[c] == crit)
+    else:  # asynchronous sends: only the fill and drain hops of the pipeline wait for the network
+        pp_comm = 2 * sum(1 for c in range(n_chunks - 1) if rank_of_c(c + 1) != rank_of_c(c)) * p2p
+    pp_comm = min(pp_comm, max(0.0, res.makespan_s - busy[crit]))
+    bubble = max(0.0, res.makespan_s - busy[crit] - pp_comm)
     breakdown = {"compute": comp, "recompute": rec, "tp_comm": tp, "ep_comm": ep, "pp_comm": pp_comm,
                  "pp_bubble": bubble, "dp_sync_exposed": dp_exposed, "zero3_gather": zero3, "optimizer": opt_s}
     step = sum(breakdown.values())

@@ -64,6 +64,18 @@ def _type_counts(graph: LayerGraph, first: int, last: int, n_full: int) -> tuple
     return tuple(counts), tuple(full)
 
 
+@lru_cache(maxsize=4096)
+def chunk_ranges(num_layers: int, num_chunks: int, stage_layers: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
+    """[first, last) layer range per chunk (ParallelConfig.chunk_layer_ranges, cached for the hot path)."""
+    from planner.parallel_config import even_split
+
+    out, start = [], 0
+    for n in (stage_layers or even_split(num_layers, num_chunks)):
+        out.append((start, start + n))
+        start += n
+    return tuple(out)
+
+
 class CostModel:
     """Prices a ParallelConfig for ``model`` on ``cluster``.
 
@@ -88,6 +100,8 @@ class CostModel:
         self.comm = Collectives(cluster, profile)
         self.capacity_bytes = float(cluster.device.memory_bytes) * (1.0 - eff.MEMORY_SAFETY_MARGIN)
         self._block_cache: dict[tuple, BlockTime] = {}
+        self._chunk_cache: dict[tuple, list] = {}
+        self._memory_cache: dict[ParallelConfig, MemoryEstimate] = {}
         self._warned: set[tuple] = set()
 
     # ------------------------------------------------------------------ block times
@@ -143,12 +157,28 @@ class CostModel:
         return bt.full_extra_s if recompute == "full" else bt.selective_extra_s if recompute == "selective" else 0.0
 
     # ------------------------------------------------------------------ per chunk
+    def ranges(self, config: ParallelConfig) -> tuple[tuple[int, int], ...]:
+        return chunk_ranges(self.model.num_layers, config.num_chunks, tuple(config.stage_layers))
+
     def _chunks(self, config: ParallelConfig):
-        """Per chunk: (fwd_s, bwd_s incl. recompute, weight-grad part, BlockTime sum, recompute extra)."""
+        """Per chunk: (fwd_s, bwd_s incl. recompute, weight-grad part, BlockTime sum, recompute extra);
+        cached on what it depends on (not dp, ZeRO, grad sync), which the search varies most."""
+        key = (config.micro_batch_size, config.seq_len, config.tp, config.sequence_parallel, config.ep,
+               config.recompute, config.num_chunks, tuple(config.stage_layers), tuple(config.stage_recompute_layers),
+               group_layout(config.degrees, "ep", self.cluster.devices_per_node) if self.model.is_moe else ())
+        got = self._chunk_cache.get(key)
+        if got is None:
+            got = self._chunks_uncached(config)
+            if len(self._chunk_cache) > 50_000:
+                self._chunk_cache.clear()
+            self._chunk_cache[key] = got
+        return got
+
+    def _chunks_uncached(self, config: ParallelConfig):
         lts = self._layer_times(config)
         emb = self.block_time(self.graph.embedding, config)
         head = self.block_time(self.graph.head, config)
-        ranges = config.chunk_layer_ranges(self.model)
+        ranges = self.ranges(config)
         full_layers = config.stage_recompute_layers or (0,) * len(ranges)
         out = []
         last = len(ranges) - 1
@@ -171,6 +201,15 @@ class CostModel:
         """Peak memory per pipeline rank (the search prunes with this; no time terms computed)."""
         config.validate_for(self.model, self.cluster.world_size)
         return self._memory(config)
+
+    def _memory(self, config: ParallelConfig) -> MemoryEstimate:
+        got = self._memory_cache.get(config)
+        if got is None:
+            got = self._memory_uncached(config)
+            if len(self._memory_cache) > 50_000:
+                self._memory_cache.clear()
+            self._memory_cache[config] = got
+        return got
 
     def _static(self, block: Block, config: ParallelConfig) -> tuple[float, float, float]:
         dense, expert = mem.block_params_on_rank(block, config.tp, config.ep)
@@ -199,10 +238,10 @@ class CostModel:
             out.append((static, act, act_full))
         return out
 
-    def _memory(self, config: ParallelConfig) -> MemoryEstimate:
+    def _memory_uncached(self, config: ParallelConfig) -> MemoryEstimate:
         m, pp = self.model, config.pp
         layer_mem = self._layer_memory(config)
-        ranges = config.chunk_layer_ranges(m)
+        ranges = self.ranges(config)
         full_layers = config.stage_recompute_layers or (0,) * len(ranges)
         inflight = inflight_per_chunk(config.schedule, pp, config.virtual_stages, config.num_micro_batches)
         emb_static = self._static(self.graph.embedding, config)
