@@ -4,7 +4,8 @@ What each number means (planner.profile.BlockRecord):
 * forward_s: the block's forward with autograd recording (as in training);
 * backward_s: ``y.backward(dy)`` right after a plain forward (input and weight gradients);
 * recompute_s: extra backward time when the block runs under ``torch.utils.checkpoint`` (the forward it
-  re-runs plus the bookkeeping), i.e. median(checkpointed backward) - median(plain backward), floored at 0.
+  re-runs plus the bookkeeping): the median over repeats of (checkpointed backward - plain backward) of
+  the same repeat (paired, so a slow moment of a shared machine cancels), floored at 0.
 
 The block is given as a closure ``forward(x) -> y`` over its parameters, so the timer does not care how
 the runtime builds it (a TP shard, a norm, the head with its loss).
@@ -68,7 +69,7 @@ def time_block(forward: Callable[[torch.Tensor], torch.Tensor], make_input: Call
             if t_c is not None:
                 ckpt_ts.append(t_c)
     synchronize(device)
-    rec = max(0.0, median(ckpt_ts) - median(bwd_ts)) if ckpt_ts else None
+    rec = max(0.0, median([c - b for c, b in zip(ckpt_ts, bwd_ts)])) if ckpt_ts else None
     return BlockTiming(forward_s=median(fwd_ts), backward_s=median(bwd_ts), recompute_s=rec,
                        forward_spread_s=iqr(fwd_ts), backward_spread_s=iqr(bwd_ts), repeats=repeats,
                        peak_memory_bytes=peak_memory_bytes(device))
