@@ -80,8 +80,10 @@ def _plots_section(ctx: ReportContext, st, cost_model: Any) -> h.Raw:
                  "the usable device capacity (device memory minus the cost model's safety margin)."))
     figs.append((plots.gantt_figure(st.gantt_rows(), st.pipeline_s, st.bubble_fraction(), ctx.config.name),
                  "pipeline timeline of the chosen plan",
-                 f"The chosen plan's schedule ({ctx.config.schedule}, {ctx.config.num_micro_batches} micro-batches) as "
-                 "simulated by the cost model: numbers are micro-batches, lighter boxes are a rank's later model chunks."))
+                 f"The chosen plan's schedule ({ctx.config.schedule}, {ctx.config.num_micro_batches} micro-batches): the "
+                 "action lists the runtime executes, with the cost model's per-chunk durations, through its event "
+                 "simulator over every micro-batch. Numbers are micro-batches; lighter boxes are a rank's later "
+                 "model chunks."))
     figs.append((plots.pareto_figure(ctx.points(), e.config.name, r.config.name if r else None, e.capacity_bytes),
                  "throughput against peak memory", "Every priced candidate: tokens/s/GPU against peak memory per "
                  "device; the frontier holds the candidates nothing beats on both."))

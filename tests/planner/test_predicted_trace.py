@@ -28,6 +28,10 @@ def trace_for(cfg: ParallelConfig, model=LLAMA8, gpus: int = 16, options: CostOp
     return est, st, data, trace_schema.events(data, "predicted")  # the shared validator
 
 
+def STEP_REL(c: ParallelConfig) -> float:  # noqa: N802 - reads like a constant at the call site
+    return 1e-9 if c.num_micro_batches <= 3 * c.pp else 0.03
+
+
 def cfg(**kw) -> ParallelConfig:
     base = dict(dp=2, tp=2, pp=4, micro_batch_size=1, global_batch_size=32, seq_len=4096, sequence_parallel=True)
     base.update(kw)
@@ -44,9 +48,10 @@ def test_trace_is_the_schedule_with_predicted_durations(kw) -> None:
     c = cfg(**kw)
     est, st, data, evs = trace_for(c)
     assert data["otherData"]["source"] == "predicted" and data["displayTimeUnit"] == "ms"
-    # the trace ends at the predicted step time (microseconds)
-    end_us = max(e.end_us for e in evs)
-    assert end_us == pytest.approx(est.step_time_s * 1e6, rel=1e-9)
+    # the trace ends at the predicted step time (microseconds); the estimate simulates at most 3 pp
+    # micro-batches and extrapolates beyond (planner/cost/pipeline.py, within 3% of the full simulation the
+    # trace shows)
+    assert max(e.end_us for e in evs) == pytest.approx(est.step_time_s * 1e6, rel=STEP_REL(c))
     sched = build_schedule(c.schedule, c.pp, c.num_micro_batches, c.virtual_stages)
     by_rank = defaultdict(list)
     for e in evs:
@@ -77,7 +82,7 @@ def test_blocking_sends_are_the_tail_of_their_action() -> None:
     c = cfg()
     est, st, data, evs = trace_for(c, options=CostOptions(pp_comm_overlap=False))
     assert st.p2p_in_actions
-    assert max(e.end_us for e in evs) == pytest.approx(est.step_time_s * 1e6, rel=1e-9)
+    assert max(e.end_us for e in evs) == pytest.approx(est.step_time_s * 1e6, rel=STEP_REL(c))
     rank0 = [e for e in evs if e.rank == 0]
     for send in (e for e in rank0 if e.track == "pp"):
         owner = [e for e in rank0 if e.track == "compute" and (e.kind, e.chunk, e.microbatch) ==
