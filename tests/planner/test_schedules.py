@@ -113,8 +113,9 @@ def test_extrapolated_makespan_equals_full_simulation(name, p, k, seed, p2p):
     b = tuple(seed[1] * 2 * (1 + 0.05 * (c % 2)) for c in range(n))
     w = tuple(seed[2] * 0.5 for _ in range(n)) if name == "zbv" else (0.0,) * n
     full = simulate(build_schedule(name, p, m, v), f, b, w, p2p).makespan_s
-    # exact while m <= 3 pp; beyond, the line through the steady state (tolerance: slow-settling warm-ups)
-    assert makespan(name, p, v, m, f, b, w, p2p).makespan_s == pytest.approx(full, rel=2e-2)
+    # exact while m <= 3 pp; beyond, the steady-state extension (busiest rank's work per micro-batch, or the
+    # line through settled zbv periods): within 3% here, with stages unbalanced by up to 20%
+    assert makespan(name, p, v, m, f, b, w, p2p).makespan_s == pytest.approx(full, rel=3e-2)
 
 
 @settings(max_examples=20, deadline=None)
