@@ -47,10 +47,17 @@ def test_register_plain_allreduce_registers_nothing_and_rejects_bad_pairs():
 
 
 def _per_step_errors() -> dict:
-    me, p = dist.get_rank(), dist.get_world_size()
     groups = DpGroups(None, devices_per_node=2)
+    out: dict = {}
+    for n in (10_007, 10_008):  # int8: padded shares, and shares that are views of the bucket
+        out.update({f"{k}/n={n}": v for k, v in _per_step_errors_n(groups, n).items()})
+    return out
+
+
+def _per_step_errors_n(groups: DpGroups, n: int) -> dict:
+    me, p = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(me)
-    x = torch.randn(10_007) * (1 + me)
+    x = torch.randn(n) * (1 + me)
     exact = x.double().clone()
     dist.all_reduce(exact)
     exact /= p
@@ -144,3 +151,12 @@ def test_topk_error_feedback_invariant():
 def test_powersgd_warmup_exact_and_low_rank_recovered():
     for r in launch(_powersgd_checks, 2):
         assert all(r), r
+
+
+def test_sampled_topk_selection_is_exact():
+    from runtime.compression import TOPK_SAMPLE, _topk_indices
+
+    x = torch.randn(5 * TOPK_SAMPLE, generator=torch.Generator().manual_seed(3)).abs()
+    for k in (1, 1000, 50_000):
+        got = _topk_indices(x, k, torch.Generator().manual_seed(0))
+        assert torch.equal(got.sort().values, x.topk(k).indices.sort().values)
