@@ -103,8 +103,10 @@ ACCURACY_NOTES: dict[str, str] = {
 #   fp16/bf16: read g + write 2 (cast), read 2 + write g (cast back)                     = 2g + 4
 #   int8:      absmax read g; quantise read g + write 1; all-to-all share: read 1, write g (sum),
 #              re-quantise read g + write 1; dequantise all-gathered: read 1 + write g   = 5g + 4
-#   topk:      error feedback read 2g + write g; radix select ~4 passes of reads (8-bit digits on 32-bit
-#              keys, torch's radixSelect); residual write g; output zero-fill write g     = 9g
+#   topk:      error feedback read 2g + write g; selection ~4 passes (|acc| read g + write g, threshold
+#              compare + compaction read g + read g/4; runtime/compression.py samples the threshold as
+#              Lin et al. 2018 Sec 3.3; torch.topk's GPU radix select also makes ~4 passes over 32-bit
+#              keys); residual write g; output zero-fill write g                           = 9g
 #   powersgd:  error feedback read 2g + write g; M Q read g; M^T P read g; P Q^T write g; new error
 #              read 2g + write g (Vogels et al. 2019 Alg. 2 with error feedback)           = 9g
 # (scatter-add of top-k's p * k received pairs is added separately: it scales with the DP size.)
