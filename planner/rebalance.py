@@ -86,7 +86,8 @@ def objective_with_speeds(pin: Any, config: ParallelConfig, speeds: Sequence[flo
     return m * max(rank_t) + (config.pp - 1) * max(chunk)
 
 
-def _priced_inputs(pin: Any, config: ParallelConfig, speeds: Sequence[float], layers: Sequence[int]) -> dict:
+def _priced_inputs(pin: Any, config: ParallelConfig, speeds: Sequence[float], layers: Sequence[int],
+                   capacity_bytes: float | None = None) -> dict:
     """PartitionInputs with every layer (and the embedding / head) priced at its current rank's speed."""
     d = {k: _get(pin, k) for k in ("layer_time_s", "layer_full_recompute_extra_s", "layer_static_bytes",
                                    "layer_activation_bytes", "layer_activation_full_recompute_bytes",
@@ -101,7 +102,21 @@ def _priced_inputs(pin: Any, config: ParallelConfig, speeds: Sequence[float], la
     last = ParallelConfig.chunk_to_pp_rank(len(layers) - 1, config.pp, config.schedule)
     d["embed_time_s"] = float(d["embed_time_s"]) * speeds[0]
     d["head_time_s"] = float(d["head_time_s"]) * speeds[last]
+    if capacity_bytes is not None:
+        d["capacity_bytes"] = capacity_bytes
     return d
+
+
+def _proven_capacity(pin: Any, config: ParallelConfig, layers: tuple[int, ...], recompute: tuple[int, ...]) -> float:
+    """The memory limit splits are held to: the cost model's capacity, or, when the split that *ran* exceeds
+    it (the memory model is conservative for this device), that split's own peak: the run proved it fits,
+    and a new split may not need more."""
+    from planner.search.partition_problem import evaluate, problem_from_inputs
+
+    chunk_rank = [ParallelConfig.chunk_to_pp_rank(c, config.pp, config.schedule) for c in range(len(layers))]
+    problem = problem_from_inputs(pin, chunk_rank=chunk_rank, micro_batches=config.num_micro_batches)
+    ev = evaluate(problem, layers, recompute)
+    return max(float(_get(pin, "capacity_bytes")), float(max(ev.rank_bytes)))
 
 
 def rebalance_split(pin: Any, config: ParallelConfig, layers: Sequence[int], measured_chunk_s: Sequence[float], *,
@@ -117,10 +132,11 @@ def rebalance_split(pin: Any, config: ParallelConfig, layers: Sequence[int], mea
     speeds = rank_speeds(pin, config, layers, measured_chunk_s)
     chunk_rank = [ParallelConfig.chunk_to_pp_rank(c, config.pp, config.schedule) for c in range(len(layers))]
     before = objective_with_speeds(pin, config, speeds, layers, recompute)
+    capacity = _proven_capacity(pin, config, layers, recompute)
     best = (before, layers, recompute)
     current, status, rounds, seen = layers, "unchanged", 0, {layers}
     for rounds in range(1, ROUNDS + 1):
-        problem = problem_from_inputs(_priced_inputs(pin, config, speeds, current), chunk_rank=chunk_rank,
+        problem = problem_from_inputs(_priced_inputs(pin, config, speeds, current, capacity), chunk_rank=chunk_rank,
                                       micro_batches=config.num_micro_batches,
                                       allow_recompute=config.recompute != "full")
         res = solve_cpsat(problem, time_limit_s=time_limit_s / ROUNDS)

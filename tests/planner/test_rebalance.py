@@ -69,3 +69,13 @@ def test_refuses_single_stage_and_missing_measurements():
         rebalance_split(_pin(4, 1), _cfg(1, 4), (4,), [1.0])
     with pytest.raises(ConfigError, match="no compute time"):
         rebalance_split(_pin(8, 2), _cfg(2, 4), (4, 4), [1.0, 0.0])
+
+
+def test_a_split_that_ran_over_the_modelled_capacity_bounds_the_new_one():
+    # The memory model says even the measured split does not fit (capacity 1 byte), yet it ran: new splits
+    # are held to the measured split's peak, so no rank may grow; with the slow rank first, nothing moves.
+    pin, cfg = _pin(8, 2, capacity=1), _cfg(2, 4)
+    res = rebalance_split(pin, cfg, (4, 4), [8.4, 4.5])
+    assert res.stage_layers == (4, 4)
+    roomy = rebalance_split(_pin(8, 2), cfg, (4, 4), [8.4, 4.5])
+    assert roomy.stage_layers != (4, 4)
