@@ -19,7 +19,8 @@ expects a future. Multi-stage syncs (hierarchical: 3 collectives; int8: 2) canno
 waits inside gloo future callbacks: those run on gloo's worker threads (2 per group), and two buckets
 waiting there for their next stage starve the queue and deadlock. So ``CommThread`` runs each bucket's
 whole sync on one dedicated Python thread, buckets in submission order (the same order on every rank, so
-collectives match), and the hook returns at once: backward keeps computing while buckets reduce
+collectives match; on CUDA it runs on the training thread's device, not exercised here: no GPU in CI), and the
+hook returns at once: backward keeps computing while buckets reduce
 (the overlap of ``overlap_grad_reduce``). The syncs use their own process groups (``DpGroups``), created
 collectively, so nothing else that runs on the DP group can interleave with them.
 """
@@ -169,6 +170,8 @@ class CommThread:
     """One daemon thread that runs bucket syncs in submission order and completes their futures."""
 
     def __init__(self) -> None:
+        self._device = torch.cuda.current_device() if torch.cuda.is_available() and torch.cuda.is_initialized() \
+            else None
         self._jobs: queue.Queue = queue.Queue()
         self._thread = threading.Thread(target=self._loop, name="grad-sync", daemon=True)
         self._thread.start()
@@ -179,6 +182,9 @@ class CommThread:
         return fut
 
     def _loop(self) -> None:
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            # the current device is per thread: take the training thread's, where the buckets live
+            torch.cuda.set_device(self._device)
         while True:
             fn, fut = self._jobs.get()
             try:

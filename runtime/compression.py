@@ -98,7 +98,7 @@ class FlatBucket:
 def cast_sync(state: CompressionState, bucket: Any) -> torch.Tensor:
     buf = bucket.buffer()
     dtype = torch.float16 if state.method == "fp16" else torch.bfloat16
-    low = torch.empty(buf.shape, dtype=dtype)
+    low = torch.empty(buf.shape, dtype=dtype, device=buf.device)
     torch.div(buf, state.size, out=low)  # divide first: the fp16 sum must not overflow (torch fp16 hook)
     state.sum_fn(low)
     return buf.copy_(low)
@@ -108,7 +108,7 @@ def _quantise_rows(x_RC: torch.Tensor) -> torch.Tensor:
     """int8 rows with their fp32 scale in the first 4 bytes: (R, 4 + C). Scale = max|row| / 127."""
     lo_R, hi_R = torch.aminmax(x_RC, dim=1)
     scale_R = (torch.maximum(hi_R, -lo_R) / 127).clamp_min(torch.finfo(torch.float32).tiny)
-    packed = torch.empty((x_RC.shape[0], 4 + x_RC.shape[1]), dtype=torch.int8)
+    packed = torch.empty((x_RC.shape[0], 4 + x_RC.shape[1]), dtype=torch.int8, device=x_RC.device)
     packed[:, :4] = scale_R.view(torch.int8).view(-1, 4)
     packed[:, 4:] = torch.mul(x_RC, scale_R.reciprocal()[:, None]).round_().clamp_(-127, 127)
     return packed
@@ -129,16 +129,16 @@ def int8_sync(state: CompressionState, bucket: Any) -> torch.Tensor:
     if n == p * share and buf.dtype == torch.float32:
         rows = buf.view(p, share)  # no padding copy; the result is written back into buf
     else:
-        rows = torch.zeros(p * share, dtype=torch.float32)
+        rows = torch.zeros(p * share, dtype=torch.float32, device=buf.device)
         rows[:n] = buf.reshape(-1)
         rows = rows.view(p, share)
     packed = _quantise_rows(rows)
     recv = torch.empty_like(packed)
     dist.all_to_all_single(recv, packed, group=state.groups.clone)  # row i: rank i's part of my share
-    mine = torch.zeros(share, dtype=torch.float32)
+    mine = torch.zeros(share, dtype=torch.float32, device=buf.device)
     for i, scale in enumerate(_row_scales(recv).tolist()):
         mine.add_(recv[i, 4:], alpha=scale / p)  # dequantise + average, one pass per contribution
-    gathered = torch.empty((p, 4 + share), dtype=torch.int8)
+    gathered = torch.empty((p, 4 + share), dtype=torch.int8, device=buf.device)
     dist.all_gather_single(gathered, _quantise_rows(mine[None, :]), group=state.groups.clone)
     _dequantise_rows(gathered, out_RC=rows)
     if rows.data_ptr() != buf.data_ptr():
@@ -158,7 +158,7 @@ def _topk_indices(abs_x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Te
     n = abs_x.numel()
     if n <= 4 * TOPK_SAMPLE or 4 * k > n:
         return abs_x.topk(k, sorted=False).indices
-    sample = abs_x[torch.randint(n, (TOPK_SAMPLE,), generator=gen)]
+    sample = abs_x[torch.randint(n, (TOPK_SAMPLE,), generator=gen).to(abs_x.device)]  # CPU generator
     rank_in_sample = max(1, int((1 - 1.25 * k / n) * TOPK_SAMPLE))  # 25 % more candidates than k
     threshold = sample.kthvalue(rank_in_sample).values
     cand = (abs_x >= threshold).nonzero().squeeze(1)
@@ -180,10 +180,10 @@ def topk_sync(state: CompressionState, bucket: Any) -> torch.Tensor:
     acc[idx] = 0.0
     state.residuals = {kk: v for kk, v in state.residuals.items() if kk[0] != key[0]}
     state.residuals[key] = acc  # error feedback: everything not sent this step
-    gathered = torch.empty(p * 2 * k, dtype=torch.int32)
+    gathered = torch.empty(p * 2 * k, dtype=torch.int32, device=buf.device)
     dist.all_gather_single(gathered, packed, group=state.groups.clone)
     pairs = gathered.view(p, 2, k)
-    out = torch.zeros(n, dtype=torch.float32)
+    out = torch.zeros(n, dtype=torch.float32, device=buf.device)
     out.index_add_(0, pairs[:, 1].reshape(-1).long(), pairs[:, 0].contiguous().view(torch.float32).reshape(-1))
     return buf.copy_(out.div_(p).view_as(buf))
 
