@@ -17,7 +17,7 @@ machine tests pass a fake ``devices_per_node`` to get several "nodes".
 Execution model (why a comm thread). DDP calls a communication hook once per bucket during backward and
 expects a future. Multi-stage syncs (hierarchical: 3 collectives; int8: 2) cannot be chained with blocking
 waits inside gloo future callbacks: those run on gloo's worker threads (2 per group), and two buckets
-waiting there for their next stage starve the queue and deadlock. So ``CommThread`` runs each bucket's
+waiting there for their next stage starve the queue and deadlock (reproduced: 20 buckets on 2 ranks hang). So ``CommThread`` runs each bucket's
 whole sync on one dedicated Python thread, buckets in submission order (the same order on every rank, so
 collectives match; on CUDA it runs on the training thread's device, not exercised here: no GPU in CI), and the
 hook returns at once: backward keeps computing while buckets reduce
