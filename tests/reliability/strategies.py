@@ -111,3 +111,73 @@ def combine(doc: Any, muts: list[Mutation]) -> Any:
         except (KeyError, IndexError, TypeError, AttributeError):
             continue
     return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Valid-by-construction models and clusters (for properties of what the planner computes from them)
+# --------------------------------------------------------------------------------------------------
+@st.composite
+def models(draw, max_layers: int = 48):
+    """A random but well-formed ModelSpec: dense or MoE, MHA or GQA, GeLU or SwiGLU, small to large."""
+    from planner.model_spec import ModelSpec
+
+    heads = draw(st.sampled_from([1, 2, 4, 8, 12, 16, 32, 64]))
+    kv = draw(st.sampled_from([d for d in (1, 2, 4, 8, heads) if heads % d == 0]))
+    head_dim = draw(st.sampled_from([16, 32, 64, 128]))
+    hidden = heads * head_dim
+    swiglu = draw(st.booleans())
+    moe = draw(st.integers(0, 3)) == 0
+    experts = draw(st.sampled_from([4, 8, 16, 64])) if moe else 0
+    layers = draw(st.integers(1, max_layers))
+    return ModelSpec(
+        name="fuzz-model", num_layers=layers, hidden_size=hidden,
+        ffn_hidden_size=draw(st.sampled_from([2 * hidden, 4 * hidden, 8 * hidden // 3 // 8 * 8 or 8])),
+        num_heads=heads, num_kv_heads=kv, vocab_size=draw(st.sampled_from([256, 1000, 32000, 128256])),
+        seq_len=draw(st.sampled_from([32, 128, 1024, 2048, 4096])),
+        norm="rmsnorm" if swiglu else "layernorm", activation="swiglu" if swiglu else "gelu",
+        position_embedding="rope" if swiglu else "learned", tied_embeddings=draw(st.booleans()),
+        linear_bias=not swiglu, num_experts=experts, moe_top_k=min(2, experts) if moe else 0,
+        moe_ffn_hidden_size=hidden if moe else 0,
+        first_dense_layers=draw(st.integers(0, min(1, layers - 1))) if moe else 0,
+        dtype=draw(st.sampled_from(["bf16", "fp16", "fp32"])),
+    )
+
+
+@st.composite
+def clusters(draw):
+    from planner.cluster_spec import resolve_cluster
+
+    name = draw(st.sampled_from(["dgx-a100-80gb", "dgx-a100-40gb", "dgx-h100", "hgx-h800", "a100-25gbe", "cpu"]))
+    gpus = draw(st.sampled_from([1, 2, 4, 8, 16, 32, 64]))
+    return resolve_cluster(name, gpus=gpus)
+
+
+def divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+@st.composite
+def configs_for(draw, model, world: int):
+    """A ParallelConfig that passes validate_for(model, world), or None when the draw cannot make one."""
+    from planner.errors import PlannerError
+    from planner.parallel_config import ParallelConfig
+
+    tp = draw(st.sampled_from([d for d in divisors(world) if model.num_heads % d == 0 and model.kv_heads % d == 0
+                               and model.ffn_hidden_size % d == 0]))
+    pp = draw(st.sampled_from([d for d in divisors(world // tp) if d <= model.num_layers]))
+    dp = world // (tp * pp)
+    ep = draw(st.sampled_from([e for e in divisors(tp * dp) if not model.is_moe and e == 1
+                               or model.is_moe and model.num_experts % e == 0]))
+    schedule = draw(st.sampled_from(["1f1b", "gpipe"] + (["interleaved", "zbv"] if pp > 1 else [])))
+    v = {"interleaved": 2, "zbv": 2}.get(schedule, 1)
+    mb = draw(st.sampled_from([1, 2, 4]))
+    m = draw(st.sampled_from([pp, 2 * pp, 4 * pp, 8 * pp]))
+    try:
+        c = ParallelConfig(dp=dp, tp=tp, pp=pp, ep=ep, micro_batch_size=mb, global_batch_size=dp * mb * m,
+                           seq_len=model.seq_len, schedule=schedule, virtual_stages=v,
+                           recompute=draw(st.sampled_from(["none", "selective", "full"])),
+                           sequence_parallel=tp > 1 and draw(st.booleans()), zero_stage=draw(st.integers(0, 3)))
+        c.validate_for(model, world)
+    except PlannerError:
+        return None
+    return c
