@@ -24,6 +24,7 @@ they are averaged over 'edp' in ``runtime.grads``.
 from __future__ import annotations
 
 import logging
+import warnings
 
 import torch
 import torch.nn as nn
@@ -80,8 +81,12 @@ def _ddp(chunk: ModelChunk, topo: Topology, config: ParallelConfig) -> DDP:
     if ignore:
         DDP._set_params_and_buffers_to_ignore_for_model(chunk, ignore)
     device_ids = [topo.device.index] if topo.device.type == "cuda" else None
-    ddp = DDP(chunk, device_ids=device_ids, process_group=topo.dp_group,
-              bucket_cap_mb=config.bucket_size_bytes / 2**20, broadcast_buffers=False)
+    with warnings.catch_warnings():
+        # broadcast_buffers=False on purpose: MoE routing counters are rank-local buffers; torch 2.13's
+        # suggested replacement (forward_sync_buffers) would still sync them once at construction.
+        warnings.simplefilter("ignore", FutureWarning)
+        ddp = DDP(chunk, device_ids=device_ids, process_group=topo.dp_group,
+                  bucket_cap_mb=config.bucket_size_bytes / 2**20, broadcast_buffers=False)
     if not config.overlap_grad_reduce:
         log.info("overlap_grad_reduce=False: DDP always overlaps bucket all-reduce with backward; "
                  "the plan's setting only changes the cost model")

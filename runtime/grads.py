@@ -22,7 +22,7 @@ import torch.nn as nn
 from torch.distributed.tensor import DTensor, Replicate
 
 from runtime.mesh import Topology
-from runtime.model import ModelChunk
+from runtime.model import ModelChunk, registered
 from runtime.tensor_parallel import TP_SPEC_ATTR, reduce_partial_grads
 
 
@@ -75,9 +75,9 @@ def sync_tied_embeddings(chunks: list[nn.Module], topo: Topology) -> None:
     grads = []
     for m in models:
         if m.embed is not None and m.head is None:
-            grads.append(m.embed.tok_embeddings.weight)
+            grads.append(registered(m.embed.tok_embeddings))
         if m.holds_tied_copy:
-            grads.append(m.head.output.weight)
+            grads.append(registered(m.head.output))
     if not grads:
         return
     if len(grads) == 2:  # both ends on this rank (zbv puts chunk 0 and the last chunk on pp rank 0)
@@ -105,7 +105,7 @@ def finalize_grads(chunks: list[nn.Module], topo: Topology, *, replicated_over_d
     sync_tied_embeddings(chunks, topo)
     sq = torch.zeros((), dtype=torch.float64, device=topo.device)
     for c, m in zip(chunks, models):
-        skip = {id(m.head.output.weight)} if m.holds_tied_copy else set()
+        skip = {id(registered(m.head.output))} if m.holds_tied_copy else set()
         for p in c.parameters():
             g = local_grad(p)
             if g is None or id(p) in skip or not counts_in_norm(p, topo, replicated_over_dp):

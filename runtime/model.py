@@ -233,6 +233,12 @@ class ModelChunk(nn.Module):
         return self.head(h) if self.head is not None else h
 
 
+def registered(module: nn.Module, name: str = "weight") -> nn.Parameter:
+    """The parameter registered under ``name`` (attribute access may return a DTensor view of it
+    during forward, see runtime.tensor_parallel.localize_for_ddp)."""
+    return module._parameters[name]
+
+
 def canonical_name(chunk: ModelChunk, name: str) -> str:
     """Layout-independent name of a parameter (the tied head copy is the embedding weight)."""
     name = name.replace("_orig_mod.", "").replace("module.", "")

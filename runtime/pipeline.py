@@ -18,11 +18,13 @@ need at least as many micro-batches as pipeline ranks (interleaved: a multiple o
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Callable
 
 import torch
 import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.distributed.pipelining import (PipelineStage, Schedule1F1B, ScheduleGPipe, ScheduleInterleaved1F1B,
                                           ScheduleZBVZeroBubble)
 
@@ -53,6 +55,28 @@ def check_preconditions(config: ParallelConfig, local_batch: int) -> None:
 def local_chunks(plan: Plan, pp_rank: int) -> list[int]:
     """Indices of the model chunks this pipeline rank runs, in chunk order."""
     return [s.chunk for s in plan.stages if s.pp_rank == pp_rank]
+
+
+class _Stage(PipelineStage):
+    """PipelineStage whose metadata (shape) inference leaves a DDP-wrapped chunk's reducer alone.
+
+    torch 2.13 infers stage shapes by running the submodule once before the first step; on a DDP
+    module that forward arms the reducer (``prepare_for_backward``) without a matching reduction,
+    so the first real step records every parameter twice and the next forward fails an internal
+    assert in ``_rebuild_buckets`` (or, with ``static_graph``, all-reduces partial gradients).
+    Running the inference under ``no_sync()`` keeps DDP out of it.
+    """
+
+    def _dp_quiet(self):
+        return self.submod.no_sync() if isinstance(self.submod, DDP) else contextlib.nullcontext()
+
+    def _forward_metadata_inference(self, *args, **kwargs):
+        with self._dp_quiet():
+            return super()._forward_metadata_inference(*args, **kwargs)
+
+    def _backward_metadata_inference(self, *args, **kwargs):
+        with self._dp_quiet():
+            return super()._backward_metadata_inference(*args, **kwargs)
 
 
 class StageTimer:
@@ -89,7 +113,7 @@ class Pipeline:
                  loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], timer: StageTimer | None = None):
         cfg = plan.config
         self.plan, self.topo = plan, topo
-        self.stages = [PipelineStage(modules[c], c, cfg.num_chunks, topo.device, group=topo.pp_group)
+        self.stages = [_Stage(modules[c], c, cfg.num_chunks, topo.device, group=topo.pp_group)
                        for c in sorted(modules)]
         if timer is not None:
             for st in self.stages:

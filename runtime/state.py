@@ -15,7 +15,7 @@ import torch.nn as nn
 from torch.distributed.tensor import DTensor
 
 from runtime.grads import unwrap
-from runtime.model import canonical_name
+from runtime.model import canonical_name, registered
 from runtime.optim import inner_optimizer
 from runtime.tensor_parallel import TP_SPEC_ATTR
 
@@ -76,8 +76,8 @@ def model_state(chunks: list[nn.Module], *, for_load: bool = False) -> dict[str,
 def tied_copies(chunks: list[nn.Module]) -> list[tuple[nn.Parameter, nn.Parameter | None]]:
     """(copy, source on this rank or None) for tied head copies, to refresh after a load."""
     models = [unwrap(c) for c in chunks]
-    emb = next((m.embed.tok_embeddings.weight for m in models if m.embed is not None), None)
-    return [(m.head.output.weight, emb) for m in models if m.holds_tied_copy]
+    emb = next((registered(m.embed.tok_embeddings) for m in models if m.embed is not None), None)
+    return [(registered(m.head.output), emb) for m in models if m.holds_tied_copy]
 
 
 def optimizer_state(chunks: list[nn.Module], opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
