@@ -120,3 +120,18 @@ def profile_docs() -> tuple[dict[str, Any], ...]:
                     models={"tiny-llama": PRESETS["tiny-llama"].to_dict()})
         docs.append(json.loads(json.dumps(p.to_dict())))
     return tuple(docs)
+
+
+@functools.lru_cache(maxsize=None)
+def trace_cases() -> tuple[tuple[dict[str, Any], dict[str, Any]], ...]:
+    """(plan document, its predicted trace) pairs: the trace stands in for a measured one (same schema)."""
+    from planner.commands.compare import predicted_trace_for
+
+    out = []
+    for doc in valid_plans():
+        if doc["model"]["num_layers"] > 4 or len(out) >= 6 or doc["world_size"] > 8:
+            continue
+        plan = Plan.from_dict(doc)
+        out.append((doc, json.loads(json.dumps(predicted_trace_for(plan)))))
+    assert out, "no small plan to build traces from"
+    return tuple(out)

@@ -109,6 +109,10 @@ def write_input_files(d: Path) -> dict[str, str]:
     plan = bases.valid_plans()[0]
     put("plan.json", json.dumps(plan))
     put("plan_truncated.json", json.dumps(plan)[: len(json.dumps(plan)) // 2])
+    trace_plan, trace = bases.trace_cases()[0]
+    put("trace_plan.json", json.dumps(trace_plan))
+    put("trace.json", json.dumps(trace))
+    put("trace_bad.json", json.dumps({**trace, "traceEvents": trace["traceEvents"][:3] + [{"ph": "X"}]}))
     put("empty.json", "")
     put("binary.json", bytes(range(256)))
     put("deep.json", "[" * 50_000 + "]" * 50_000)

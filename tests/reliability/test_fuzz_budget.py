@@ -7,13 +7,13 @@ add up to the bar, so the suite cannot quietly shrink below it.
 from __future__ import annotations
 
 from tests.reliability import (test_fuzz_cli, test_fuzz_files, test_fuzz_plans, test_fuzz_profile,
-                               test_fuzz_specs)
+                               test_fuzz_specs, test_fuzz_traces)
 
 BAR = 10_000
 
 
 def test_targets_add_up_to_the_bar() -> None:
     targets = {}
-    for mod in (test_fuzz_specs, test_fuzz_plans, test_fuzz_profile, test_fuzz_files, test_fuzz_cli):
+    for mod in (test_fuzz_specs, test_fuzz_plans, test_fuzz_profile, test_fuzz_files, test_fuzz_cli, test_fuzz_traces):
         targets.update(mod.TARGETS)
     assert sum(targets.values()) >= BAR, targets

@@ -66,8 +66,14 @@ def argvs(draw, files: dict[str, str]) -> list[str]:
     argv += draw(st.lists(st.sampled_from(FLAGS), max_size=2, unique=True))
     if draw(st.integers(0, 3)) == 0:
         argv += ["--profile", draw(st.sampled_from([files[n] for n in file_names]))]
-    if draw(st.integers(0, 5)) == 0:
+    if command in ("compare", "rebalance") and draw(st.booleans()):
+        # The run's own plan and trace (valid), or a mismatched / broken one.
+        argv += ["--plan", draw(st.sampled_from([files["trace_plan.json"], files["plan.json"]])),
+                 "--measured", draw(st.sampled_from([files["trace.json"], files["trace_bad.json"], files["plan.json"]]))]
+    elif draw(st.integers(0, 5)) == 0:
         argv += ["--plan", draw(st.sampled_from([files[n] for n in file_names]))]
+    if draw(st.integers(0, 5)) == 0:
+        argv += ["--measured", draw(st.sampled_from([files[n] for n in file_names]))]
     if draw(st.integers(0, 9)) == 0:
         argv.append(draw(st.sampled_from(["--unknown-flag", "extra", "--model", "-x", "--gpus=2", "\x00"])))
     return argv
@@ -81,8 +87,10 @@ def test_fuzz_cli_in_process(tmp_path_factory, data) -> None:
     work = root / "work"
     work.mkdir(exist_ok=True)
     argv = data.draw(argvs(files))
-    if any(a in ("search", "rebalance") for a in argv[:2]):
-        argv += ["--out", str(work / "reports" / "run"), "--time-limit", "2"]
+    if any(a in ("search", "rebalance", "compare") for a in argv[:2]):
+        argv += ["--out", str(work / "reports" / "run")]
+        if argv[0] != "compare":
+            argv += ["--time-limit", "2"]
     before = snapshot(work)
     cwd = os.getcwd()
     os.chdir(work)  # commands that default to ./reports write under the scratch area, never the repo

@@ -17,10 +17,7 @@ from tests.reliability.fuzzlib import feed, fuzz_settings
 from tests.reliability.strategies import combine, mutations
 
 TARGETS = {"profile": 1000}
-# BUG owned by planner/profile.py (reported; strict-xfail repro test_profile_huge_shape in
-# test_input_regressions.py): integer shape fields have no upper bound, so micro_batch=10**400 passes the
-# check and a query's float division raises OverflowError. Counted as known_bug until fixed; then remove.
-KNOWN = ("planner/profile.py",)
+
 
 CPU4 = resolve_cluster("cpu", gpus=4)
 
@@ -61,8 +58,8 @@ def test_fuzz_profile(tmp_path_factory, data) -> None:
            and len(p) >= 3 or p[0] in ("kind", "schema_version")]
     muts = data.draw(mutations(base, paths=hot, max_size=4))
     for m in muts:
-        feed("profile", load_and_query, m.apply(base), scratch, input_repr=m, known_bug_in=KNOWN)
-    feed("profile", load_and_query, combine(base, muts), scratch, input_repr=muts, known_bug_in=KNOWN)
+        feed("profile", load_and_query, m.apply(base), scratch, input_repr=m)
+    feed("profile", load_and_query, combine(base, muts), scratch, input_repr=muts)
 
 
 def test_profile_count() -> None:

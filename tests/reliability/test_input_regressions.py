@@ -140,7 +140,7 @@ def test_read_json_hostile_text(tmp_path, text, needle) -> None:
 
 def test_read_yaml_deep_nesting(tmp_path) -> None:
     p = tmp_path / "f.yaml"
-    p.write_text("[" * 5000 + "]" * 5000)
+    p.write_text("[" * 2000 + "]" * 2000)
     try:
         read_json_or_yaml(p)
     except PlannerError:
@@ -176,13 +176,31 @@ def test_profile_field_types(path, value) -> None:
         p.collective_time_s("all_reduce", 2, "intra_node", 1e4)
 
 
-@pytest.mark.xfail(strict=True, raises=OverflowError, reason=(
-    "BUG owned by planner/profile.py: integer record fields (tp, micro_batch, seq_len, repeats, concurrency, "
-    "group_size) have no upper bound; micro_batch=10**400 passes _check_record and _piecewise_linear's float "
-    "division raises OverflowError. Fix: bound them (e.g. <= 10**7, like ModelSpec's MAX_SIZE) in _check_record"))
 def test_profile_huge_shape() -> None:
+    """profile._check_record: micro_batch=10**400 passed and a query's float division raised OverflowError
+    (fixed by its owner after this report)."""
     from planner.profile import Profile
 
-    p = Profile.from_dict(_profile_doc_with(("blocks", 4, "micro_batch"), 10**400))
     with pytest.raises(PlannerError):
+        p = Profile.from_dict(_profile_doc_with(("blocks", 4, "micro_batch"), 10**400))
         p.block_time_s("attention", 1, 2, 32, False, model=PRESETS["tiny-llama"])
+
+
+@pytest.mark.xfail(strict=True, raises=OverflowError, reason=(
+    "BUG owned by planner/trace_schema.py::_check_event: math.isfinite(v) raises OverflowError for an integer "
+    "ts/dur beyond float range (e.g. 10**400 in a measured trace). Fix: test `isinstance(v, int) and "
+    "abs(v) > 1e300` first, or wrap float(v) in try/except OverflowError -> SpecError"))
+def test_trace_huge_timestamp() -> None:
+    from planner.trace_schema import events
+
+    trace = fuzzlib_copy(bases.trace_cases()[0][1])
+    ev = next(e for e in trace["traceEvents"] if e.get("ph") == "X")
+    ev["dur"] = 10**400
+    with pytest.raises(PlannerError):
+        events(trace)
+
+
+def fuzzlib_copy(doc):
+    from tests.reliability.fuzzlib import copy_tree
+
+    return copy_tree(doc)
