@@ -52,14 +52,29 @@ def fill_recompute(p: PartitionProblem, layers: Sequence[int], pre: dict[str, li
     """Fewest-ticks recompute counts that make every rank fit, greedily (largest bytes saved per tick first).
     Where even full recomputation of every layer does not fit, every layer of that rank is recomputed."""
     C = p.num_chunks
-    starts = [sum(layers[:c]) for c in range(C)]
+    starts = [0] * C
+    for c in range(1, C):
+        starts[c] = starts[c - 1] + layers[c - 1]
     rec = [0] * C
     if not p.allow_recompute:
         return tuple(rec)
+    homogeneous = p.homogeneous
     A, AF, X = p.layer_act, p.layer_act_full, p.layer_extra
     for chunks in p.ranks_chunks():
         mem = p.rank_other_bytes[p.chunk_rank[chunks[0]]] + sum(
             _chunk_memory(p, pre, c, starts[c], starts[c] + layers[c], 0) for c in chunks)
+        if mem <= p.capacity_bytes:
+            continue
+        if homogeneous:  # every layer saves i_c (a - af) for the same time: take the fullest chunks first
+            saving = A[0] - AF[0]
+            for c in sorted(chunks, key=lambda c: -p.inflight[c]):
+                per = p.inflight[c] * saving
+                if per <= 0 or mem <= p.capacity_bytes:
+                    continue
+                k = min(layers[c], -(-(mem - p.capacity_bytes) // per))
+                rec[c] = k
+                mem -= k * per
+            continue
         while mem > p.capacity_bytes:
             best, best_key = -1, None
             for c in chunks:
@@ -164,11 +179,22 @@ def local_search(p: PartitionProblem, layers: Sequence[int], pre: dict[str, list
     return tuple(layers), rec, ev
 
 
-def solve_greedy(p: PartitionProblem) -> PartitionResult:
-    """Bottleneck split (v = 1) or the even split (v > 1), then local search."""
+def solve_greedy(p: PartitionProblem, quick: bool = False) -> PartitionResult:
+    """Bottleneck split (v = 1) or the even split (v > 1), then local search. ``quick``: first try the even
+    split with recompute filled in, and stop there if it fits (the solver's fast path; CP-SAT polishes
+    the leading candidates later)."""
     t0 = time.perf_counter()
     pre = prefixes(p)
-    start = bottleneck_split(p, pre) or even_split(p.num_layers, p.num_chunks)
-    layers, rec, ev = local_search(p, start, pre)
+    if quick:
+        even = p.even_layers
+        rec = fill_recompute(p, even, pre)
+        ev = evaluate(p, even, rec, pre)
+        if ev.feasible:
+            return PartitionResult.from_evaluation(p, even, rec, ev, solver="greedy", status="feasible",
+                                                   wall_s=time.perf_counter() - t0)
+    start = bottleneck_split(p, pre)
+    # the bottleneck split is already optimal in its bottleneck: a few moves settle the fill/drain term
+    layers, rec, ev = local_search(p, start or even_split(p.num_layers, p.num_chunks), pre,
+                                   max_moves=8 if start else 4 * p.num_chunks)
     return PartitionResult.from_evaluation(p, layers, rec, ev, solver="greedy", status="feasible" if ev.feasible
                                            else "infeasible", wall_s=time.perf_counter() - t0)

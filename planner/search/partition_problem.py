@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Sequence
 
 from planner.errors import ConfigError
@@ -92,13 +93,13 @@ class PartitionProblem:
     def chunks_per_rank(self) -> int:
         return self.num_chunks // self.num_ranks
 
-    @property
+    @cached_property
     def homogeneous(self) -> bool:
         """All layers identical (dense models): the model is counts, not boundaries (repeated blocks)."""
         return all(len(set(a)) == 1 for a in (self.layer_time, self.layer_extra, self.layer_static,
                                               self.layer_act, self.layer_act_full))
 
-    @property
+    @cached_property
     def even_layers(self) -> tuple[int, ...]:
         return even_split(self.num_layers, self.num_chunks)
 
@@ -113,11 +114,15 @@ class PartitionProblem:
             out.append(out[-1] + x)
         return out
 
-    def ranks_chunks(self) -> list[list[int]]:
+    @cached_property
+    def _ranks_chunks(self) -> tuple[tuple[int, ...], ...]:
         out: list[list[int]] = [[] for _ in range(self.num_ranks)]
         for c, r in enumerate(self.chunk_rank):
             out[r].append(c)
-        return out
+        return tuple(tuple(x) for x in out)
+
+    def ranks_chunks(self) -> tuple[tuple[int, ...], ...]:
+        return self._ranks_chunks
 
 
 @dataclass(frozen=True)

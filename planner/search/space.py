@@ -14,8 +14,9 @@ Default pruning rules (each lifted for its dimension by ``--fix``, see ``constra
 * pipeline stages hold at least one layer (pp x chunks <= layers); 1F1B-family schedules need at
   least as many micro-batches as stages, interleaving a micro-batch count divisible by pp;
 * micro-batch sizes up to ``max_micro_batch`` (default 16) that divide the per-replica batch;
-* interleaved chunks per rank v in 2..``max_vp`` (default 8): uneven splits make any v with
-  pp x v <= layers runnable, so v need not divide the layers;
+* interleaved chunks per rank v in 2..``max_vp`` (default 8) with pp x v dividing the layers (what
+  Megatron-LM runs), and v = 2 always (uneven splits make it runnable for any layer count); other v only
+  when fixed;
 * sequence parallelism only with tp > 1; ZeRO, grad-sync modes and compression only with dp > 1;
 * grad_sync 'hierarchical' only when the DP group spans nodes with >= 2 members per node (otherwise it
   is the ring); 'ps' (the parameter-server baseline, modelled for comparison) only when fixed;
@@ -23,7 +24,8 @@ Default pruning rules (each lifted for its dimension by ``--fix``, see ``constra
 * compression only with ZeRO <= 1 (compressed all-reduce; ZeRO-2/3 shard the gradients), 'fp16' only
   when fixed (same bytes and cost as 'bf16'), int8 / topk / powersgd only with the flat all-reduce
   (planner.compression.check_combination);
-* on a gloo cluster (the ``cpu`` preset) only what the runtime runs there: ``GLOO_SCHEDULES``.
+* what the runtime cannot run yet is left out: ZeRO >= 1 with MoE layers (runtime/data_parallel.py), and on
+  a gloo cluster (the ``cpu`` preset) schedules other than ``GLOO_SCHEDULES``.
 """
 
 from __future__ import annotations
@@ -170,7 +172,7 @@ def schedule_options(space: SearchSpace, g: ComputeGroup) -> Iterator[tuple[str,
     if allowed("interleaved") and m >= g.pp and m % g.pp == 0:
         top = L // g.pp if c.is_fixed("vp") else min(space.max_vp, L // g.pp)
         for v in range(2, top + 1):
-            if c.allows("vp", v):
+            if c.allows("vp", v) and (c.is_fixed("vp") or v == 2 or L % (g.pp * v) == 0):
                 yield "interleaved", v
     if allowed("zbv") and c.allows("vp", 2) and m >= g.pp and 2 * g.pp <= L:
         yield "zbv", 2
@@ -184,7 +186,8 @@ def sync_options(space: SearchSpace, g: ComputeGroup) -> Iterator[SyncOption]:
     hier = _hierarchical_helps(g.tp, g.dp, space.cluster.devices_per_node)
     modes = [s for s in ("allreduce", "hierarchical", "ps") if c.allows("grad_sync", s)
              and (c.is_fixed("grad_sync") or s == "allreduce" or (s == "hierarchical" and hier))]
-    zeros = [z for z in (0, 1, 2, 3) if c.allows("zero", z) and (g.dp > 1 or c.is_fixed("zero") or z == 0)]
+    zeros = [z for z in (0, 1, 2, 3) if c.allows("zero", z) and (c.is_fixed("zero") or z == 0 or (
+        g.dp > 1 and not space.model.is_moe))]
     comps = [x for x in ("none", "fp16", "bf16", "int8", "topk", "powersgd") if c.allows("compression", x)
              and (c.is_fixed("compression") or x in DEFAULT_COMPRESSIONS)]
     for z in zeros:
