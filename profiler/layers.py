@@ -12,7 +12,9 @@ in training, TP / SP collectives included. Block kinds follow planner/layer_grap
 Concurrency: every rank of the launched world measures at once (``--concurrency N`` local processes, or the
 torchrun world), cut into world / tp groups of ``tp`` consecutive ranks (the planner's rank order puts TP
 fastest), so shared cores or a shared device are measured under the load training puts on them. The
-record keeps the median over ranks of each rank's median over repeats.
+record keeps the median over ranks of each rank's median over repeats. Repeats are taken in rounds (one
+sample of every shape per round, profiler/block_timer.py BlockSampler), so load drift on a shared machine
+spreads over all shapes; peak memory is read during each shape's warm-up.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ import torch
 import torch.distributed as dist
 
 from planner.model_spec import ModelSpec
-from profiler.block_timer import time_block
+from profiler.block_timer import BlockSampler
+from profiler.timing import peak_memory_bytes, peak_memory_reset
 
 RECOMPUTED_KINDS = ("attention", "mlp", "moe")
 """Blocks that activation recomputation re-runs (the embedding and head are never recomputed)."""
@@ -127,17 +130,26 @@ def layers_worker(opts: dict) -> dict:
         mesh = _tp_mesh(world, tp, device)
         for sp in ([False, True] if opts["sequence_parallel"] and tp > 1 else [False]):
             bench = BlockBench(spec, mesh, sp, device)
+            samplers = []
             for seq in opts["seq"]:
                 for mb in opts["micro_batch"]:
                     for kind in block_kinds(spec):
                         fwd, make, params = bench.closures(kind, mb, seq)
-                        dist.barrier()  # every rank starts the same block together: real concurrency
-                        t = time_block(fwd, make, params, device, warmup=opts["warmup"], repeats=opts["repeats"],
-                                       recompute=kind in RECOMPUTED_KINDS)
-                        rows.append(dict(block_kind=kind, tp=tp, micro_batch=mb, seq_len=seq, sequence_parallel=sp,
-                                         forward_s=t.forward_s, backward_s=t.backward_s, recompute_s=t.recompute_s,
-                                         forward_spread_s=t.forward_spread_s, backward_spread_s=t.backward_spread_s,
-                                         repeats=t.repeats, peak_memory_bytes=t.peak_memory_bytes))
+                        s = BlockSampler(fwd, make, params, device, recompute=kind in RECOMPUTED_KINDS)
+                        peak_memory_reset(device)
+                        for _ in range(opts["warmup"]):
+                            s.sample(keep=False)
+                        samplers.append((kind, mb, seq, s, peak_memory_bytes(device)))
+            for _ in range(opts["repeats"]):  # rounds: one sample of every shape, so load drift spreads evenly
+                dist.barrier()  # every rank samples the same block together: real concurrency
+                for _kind, _mb, _seq, s, _mem in samplers:
+                    s.sample()
+            for kind, mb, seq, s, mem in samplers:
+                t = s.result(mem)
+                rows.append(dict(block_kind=kind, tp=tp, micro_batch=mb, seq_len=seq, sequence_parallel=sp,
+                                 forward_s=t.forward_s, backward_s=t.backward_s, recompute_s=t.recompute_s,
+                                 forward_spread_s=t.forward_spread_s, backward_spread_s=t.backward_spread_s,
+                                 repeats=t.repeats, peak_memory_bytes=t.peak_memory_bytes))
     dist.barrier()
     rate = matmul_rate(device, bench.dtype)
     return {"rows": rows, "matmul_flops_per_s": rate, "threads": torch.get_num_threads()}

@@ -1,0 +1,142 @@
+"""Running plans for bench/measured_loop.py: timed launches, an artificially slow stage, the rebalance demo.
+
+Plans run on forked gloo ranks (runtime.local_launch) through the runtime's own ``Engine`` (what
+``python -m runtime train`` runs), one intra-op thread per rank as the profiler measured them.
+
+Slow stage: every transformer block on the slowed pipeline rank sleeps ``factor - 1`` times its own forward
+time after its forward, and twice that (backward ~ 2 x forward) when its backward starts: the rank behaves
+like a device ``factor`` times slower, so moving layers off it helps, as it would on a real slow GPU.
+(Sleeping, not spinning, so the slow rank does not steal the other ranks' cores on this 2-core machine.)
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _install_slowdown(models, factor: float) -> None:
+    import torch
+
+    def pre(module, inputs):
+        module._hp_t0 = time.perf_counter()
+
+    def post(module, inputs, output):
+        dt = time.perf_counter() - module._hp_t0
+        time.sleep((factor - 1.0) * dt)
+        if isinstance(output, torch.Tensor) and output.requires_grad:
+            output.register_hook(lambda g: (time.sleep(2.0 * (factor - 1.0) * dt), g)[1])
+        return output
+
+    for chunk in models:
+        for block in chunk.layers.values():
+            block.register_forward_pre_hook(pre)
+            block.register_forward_hook(post)
+
+
+def _train_worker(plan_path: str, steps: int, slow_stage: int | None = None, slow_factor: float = 1.0,
+                  ckpt_dir: str | None = None, resume: bool = False, save: bool = False) -> dict:
+    """One rank: build the engine, optionally resume, run ``steps`` steps; step times and F/B records."""
+    import torch.distributed as dist
+
+    from planner.plan import Plan
+    from runtime import checkpoint
+    from runtime.engine import Engine
+
+    plan = Plan.load(plan_path)
+    eng = Engine(plan)
+    if resume:
+        checkpoint.load(eng, checkpoint.latest(ckpt_dir))
+    if slow_stage is not None and eng.topo.pp_rank == slow_stage:
+        _install_slowdown(eng.local_models(), slow_factor)
+    times, records = [], []
+    for _ in range(steps):
+        res = eng.train_step()
+        times.append(res.step_time_s)
+        rec = [list(r) for r in eng.timer.records] if eng.timer is not None else []
+        records.append({"fb": rec, "sync": list(getattr(eng, "last_sync_span", ())),
+                        "opt": list(getattr(eng, "last_opt_span", ()))})
+    if save:
+        checkpoint.save(eng, ckpt_dir)
+    dist.barrier()
+    return {"rank": dist.get_rank(), "times": times, "records": records}
+
+
+def launch(plan_path: str, world: int, steps: int, **kw) -> list[dict]:
+    from runtime.local_launch import run_ranks
+
+    return run_ranks(_train_worker, world, plan_path, steps, timeout_s=900, **kw).values
+
+
+def step_time(per_rank: list[dict], warmup: int) -> float:
+    """Median over the steps after warm-up of the slowest rank's step time."""
+    steps = list(zip(*(r["times"] for r in per_rank)))
+    kept = steps[warmup:] or steps
+    return statistics.median(max(s) for s in kept)
+
+
+def measure_plan(plan_path: str, world: int, steps: int, warmup: int, repeats: int, **kw) -> float:
+    return statistics.median(step_time(launch(plan_path, world, steps, **kw), warmup) for _ in range(repeats))
+
+
+def write_trace(per_rank: list[dict], path: Path, plan_name: str) -> None:
+    """The measured run as a trace in the shared schema (planner/trace_schema.py), one process per rank."""
+    from planner.trace_schema import TraceBuilder, save
+
+    origin = min(r["records"][0]["fb"][0][3] for r in per_rank if r["records"] and r["records"][0]["fb"])
+    tb = TraceBuilder("measured", plan=plan_name)
+    for r in per_rank:
+        for step in r["records"]:
+            for kind, chunk, mb, a, b in step["fb"]:
+                tb.add(r["rank"], "compute", f"{kind}{chunk}.{mb}", (a - origin) * 1e6, (b - a) * 1e6, chunk=chunk,
+                       microbatch=mb, kind=kind)
+            if step["sync"]:
+                a, b = step["sync"]
+                tb.add(r["rank"], "dp", "grad sync", (a - origin) * 1e6, (b - a) * 1e6, kind="S")
+            if step["opt"]:
+                a, b = step["opt"]
+                tb.add(r["rank"], "compute", "optimizer", (a - origin) * 1e6, (b - a) * 1e6, kind="O")
+    save(path, tb.to_dict())
+
+
+def rebalance_demo(model_path: Path, profile: Path, cluster: Path, out: Path, steps: int, warmup: int, repeats: int,
+                   factor: float, global_batch: int) -> None:
+    """Slow pipeline stage 0, measure, rebalance from the measured trace, resume under the new plan."""
+    d = out / "rebalance"
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir(parents=True)
+    py = sys.executable
+    cmd = [py, "-m", "planner", "search", "--model", str(model_path), "--cluster", str(cluster), "--gpus", "2",
+           "--global-batch", str(global_batch), "--profile", str(profile), "--out", str(d / "plan"), "--json",
+           "--fix", "dp=1", "--fix", "tp=1", "--fix", "pp=2", "--fix", "schedule=1f1b", "--time-limit", "20"]
+    _run(cmd)
+    plan_path, ckpt = str(d / "plan" / "plan.json"), str(d / "ckpt")
+    runs = [launch(plan_path, 2, steps, slow_stage=0, slow_factor=factor, ckpt_dir=ckpt, save=(i == 0))
+            for i in range(repeats)]
+    before = statistics.median(step_time(r, warmup) for r in runs)
+    name = json.loads(Path(plan_path).read_text())["name"]
+    write_trace(runs[0], d / "measured_trace.json", name)
+    _run([py, "-m", "planner", "rebalance", "--plan", plan_path, "--measured", str(d / "measured_trace.json"),
+          "--profile", str(profile), "--out", str(d / "rebalanced_plan.json")])
+    new_path = str(d / "rebalanced_plan.json")
+    after = statistics.median(step_time(launch(new_path, 2, steps, slow_stage=0, slow_factor=factor, ckpt_dir=ckpt,
+                                               resume=True), warmup) for _ in range(repeats))
+    old_layers = json.loads(Path(plan_path).read_text())["config"]["stage_layers"] or "even"
+    new_layers = json.loads(Path(new_path).read_text())["config"]["stage_layers"]
+    print(f"rebalance: stage 0 slowed x{factor:g}; layers {old_layers} -> {new_layers}; measured step "
+          f"{before:.3f} s -> {after:.3f} s ({(before - after) / before:+.1%} faster, resumed from the DCP checkpoint)",
+          flush=True)
+
+
+def _run(cmd: list[str]) -> str:
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-3000:]}")
+    return proc.stdout
