@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -156,8 +157,10 @@ class Plan:
                     isinstance(p, list) and all(isinstance(e, int) and not isinstance(e, bool) for e in p)
                     for p in placement):
                 raise SpecError(f"{source}: expert_placement must be a list of lists of expert ids")
+            chunk_times_s, rank_memory_bytes = _stage_predictions(data["stages"], config, source)
             plan = cls.build(model, cluster, config, predicted=data.get("predicted") or {},
-                             provenance=data.get("provenance") or {}, expert_placement=placement)
+                             provenance=data.get("provenance") or {}, expert_placement=placement,
+                             chunk_times_s=chunk_times_s, rank_memory_bytes=rank_memory_bytes)
         except TypeError as exc:
             raise SpecError(f"{source}: malformed plan ({exc})") from None
         except PlannerError as exc:
@@ -175,6 +178,32 @@ class Plan:
         from planner.io import read_json
 
         return cls.from_dict(read_json(path, "plan file"), str(path), check_digest=check_digest)
+
+
+def _stage_predictions(stages: Any, config: ParallelConfig, source: str) -> tuple[list[float] | None, list[int] | None]:
+    """The per-stage predictions written in ``stages`` (not decisions, so not in the digest), kept on load so a
+    loaded plan says what the saved one said. Malformed tables are left to _check_stages to refuse."""
+    if not isinstance(stages, list) or len(stages) != config.num_chunks or not all(isinstance(s, dict) for s in stages):
+        return None, None
+    times, memory = [], [0] * config.pp
+    for i, s in enumerate(stages):
+        t, m, r = s.get("predicted_time_s", 0.0), s.get("predicted_memory_bytes", 0), s.get("pp_rank")
+        for name, v in (("predicted_time_s", t), ("predicted_memory_bytes", m)):
+            if not _finite_non_negative(v):
+                raise SpecError(f"{source}: stage {i} {name} must be a finite number >= 0, got {v!r}")
+        times.append(float(t))
+        if isinstance(r, int) and not isinstance(r, bool) and 0 <= r < config.pp:
+            memory[r] = int(m)
+    return times, memory
+
+
+def _finite_non_negative(v: Any) -> bool:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(v)) and v >= 0
+    except OverflowError:  # an integer beyond float range
+        return False
 
 
 def _check_stages(plan: Plan, stages: Any, source: str) -> None:

@@ -204,3 +204,17 @@ def fuzzlib_copy(doc):
     from tests.reliability.fuzzlib import copy_tree
 
     return copy_tree(doc)
+
+
+def test_plan_keeps_stage_predictions_on_load() -> None:
+    """plan.Plan.from_dict rebuilt the stage table without its predictions: every loaded plan said
+    predicted_time_s = 0 and predicted_memory_bytes = 0 per stage, whatever the file said."""
+    doc = _plan_doc()
+    for i, s in enumerate(doc["stages"]):
+        s["predicted_time_s"], s["predicted_memory_bytes"] = 0.5 + i, 1000 + s["pp_rank"]
+    plan = Plan.from_dict(doc)
+    assert [s.predicted_time_s for s in plan.stages] == [0.5 + i for i in range(len(doc["stages"]))]
+    assert [s.predicted_memory_bytes for s in plan.stages] == [1000 + s["pp_rank"] for s in doc["stages"]]
+    doc["stages"][0]["predicted_memory_bytes"] = 10**400
+    with pytest.raises(SpecError, match="stage 0 predicted_memory_bytes must be a finite number"):
+        Plan.from_dict(doc)
