@@ -27,6 +27,7 @@ from planner.cluster_spec import ClusterSpec
 from planner.io import atomic_write_json, atomic_write_text, staged_directory
 from planner.model_spec import ModelSpec
 from planner.plan import Plan
+from planner.report import write_search_report
 from planner.search.records import CandidateRecord, SearchResult, SearchStats
 
 PLAN_FILE = "plan.json"
@@ -226,6 +227,9 @@ def write_run_files(directory: Path, model: ModelSpec, cluster: ClusterSpec, pla
                    {"command": info.command, "summary": summary(plan, result.best), "stats": result.stats.to_dict(),
                     "top": [{"name": r.name, "step_time_s": r.step_time_s} for r in result.ranked[:20]]}))}
     # Further writers (report.html, predicted_trace.json) are called here, with the same arguments.
+    written.update(write_search_report(directory, result, plan, cost_model, command=info.command, tokens=info.tokens,
+                                       profile_desc=info.profile, launch_command=_shell_join(
+                                           torchrun_command(cluster, PLAN_FILE, info.steps))))
     return written
 
 
