@@ -29,6 +29,10 @@ class Rejected:
     reason: str
     step_time_s: float | None = None
     """Predicted step time had it been allowed (None when not priced, e.g. rejected before pricing)."""
+    status: str = "infeasible"
+    """'infeasible' (cannot run: does not fit, does not divide) or 'pruned' (a bound showed it cannot win)."""
+    count: int = 1
+    """Configurations this row stands for (a group rejected as a whole)."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,14 @@ class ReportContext:
     pareto_points: tuple[tuple[str, float, float, bool], ...] = ()
     """(name, tokens/s/GPU, peak bytes, fits) for every priced candidate; defaults to the ranked ones."""
     top_n: int = 10
+
+    @property
+    def infeasible(self) -> tuple[Rejected, ...]:
+        return tuple(r for r in self.rejected if r.status != "pruned")
+
+    @property
+    def pruned(self) -> tuple[Rejected, ...]:
+        return tuple(r for r in self.rejected if r.status == "pruned")
 
     @property
     def chosen(self) -> Any:
@@ -91,11 +103,11 @@ def training_time(step_time_s: float, tokens_per_step: int, tokens: float, world
 
 
 def reason_groups(rejected: tuple[Rejected, ...]) -> list[tuple[str, int, str]]:
-    """Rejections grouped by the shape of their reason (numbers replaced): (pattern, count, one example)."""
+    """Rejections grouped by the shape of their reason (numbers replaced): (pattern, configurations, one example)."""
     counts: Counter[str] = Counter()
     example: dict[str, str] = {}
     for r in rejected:
         key = re.sub(r"\d+(\.\d+)?", "N", r.reason)
-        counts[key] += 1
+        counts[key] += r.count
         example.setdefault(key, r.reason)
     return [(k, n, example[k]) for k, n in counts.most_common()]

@@ -2,7 +2,8 @@
 
 Why ``Figure`` + ``FigureCanvasAgg`` instead of pyplot: no global figure state, nothing to close,
 and no GUI backend is ever touched (a report is written on headless machines and inside other
-programs). Modest DPI keeps a report of six figures well under a second of drawing.
+programs). Modest DPI keeps a report of six figures well under a second of drawing. matplotlib is
+imported on first use (about a second), so importing planner.report costs nothing until it draws.
 """
 
 from __future__ import annotations
@@ -11,9 +12,7 @@ import io
 import math
 from typing import Mapping, Sequence
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.patches import Patch
+from functools import lru_cache
 
 DPI = 80
 GiB = 1024**3
@@ -31,13 +30,23 @@ LATER_CHUNK_COLORS = {"F": "#9ecae9", "B": "#ffbf79", "W": "#a6dba0"}
 """Lighter shades for a rank's later model chunks (interleaved / V schedules)."""
 
 
+@lru_cache(maxsize=1)
+def _mpl():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    return Figure, FigureCanvasAgg, Patch
+
+
 def _new(width_in: float, height_in: float, nrows: int = 1, ncols: int = 1, *, left_in: float = 0.8,
          right_in: float = 0.2, top_in: float = 0.45, bottom_in: float = 0.55, wspace: float = 0.25,
          hspace: float = 0.2, height_ratios: Sequence[float] | None = None):
     """A figure with margins in inches: fixed margins instead of ``bbox_inches='tight'``, which draws every
     figure twice (half of the report's drawing time)."""
-    fig = Figure(figsize=(width_in, height_in), dpi=DPI)
-    FigureCanvasAgg(fig)
+    figure_cls, canvas_cls, _ = _mpl()
+    fig = figure_cls(figsize=(width_in, height_in), dpi=DPI)
+    canvas_cls(fig)
     axes = fig.subplots(nrows, ncols, squeeze=False, gridspec_kw={"height_ratios": height_ratios} if height_ratios
                         else None)
     fig.subplots_adjust(left=left_in / width_in, right=1 - right_in / width_in, top=1 - top_in / height_in,
@@ -45,7 +54,7 @@ def _new(width_in: float, height_in: float, nrows: int = 1, ncols: int = 1, *, l
     return fig, axes
 
 
-def _png(fig: Figure) -> bytes:
+def _png(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI)
     return buf.getvalue()
@@ -72,7 +81,8 @@ def breakdown_figure(rows: Sequence[tuple[str, Mapping[str, float]]]) -> bytes:
     """Stacked horizontal bars: where each candidate's step time goes (best candidate on top)."""
     terms = term_order({k for _, b in rows for k, v in b.items() if v > 0})
     names = [n for n, _ in rows][::-1]
-    fig, ax = _new(11, 1.4 + 0.32 * len(rows), left_in=_label_width_in(names, 8), top_in=0.75)
+    left_in = _label_width_in(names, 8)
+    fig, ax = _new(left_in + 7.5, 1.4 + 0.32 * len(rows), left_in=left_in, top_in=0.75)
     ax = ax[0][0]
     left = [0.0] * len(rows)
     extra: list[str] = []
@@ -81,11 +91,17 @@ def breakdown_figure(rows: Sequence[tuple[str, Mapping[str, float]]]) -> bytes:
         ax.barh(names, widths, left=left, color=_term_color(term, extra), label=term, height=0.7)
         left = [l + w for l, w in zip(left, widths)]
     ax.set_xlabel("predicted seconds per training step")
-    ax.legend(ncol=min(len(terms), 5), fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
-    ax.margins(y=0.01)
+    fig.legend(ncol=min(len(terms), 5), fontsize=8, loc="upper center", frameon=False)
     ax.tick_params(axis="y", labelsize=8)
     ax.grid(axis="x", alpha=0.3)
+    ax.margins(y=0.01)
     return _png(fig)
+
+
+def _few_bars(ax, n: int) -> None:
+    """Keep bars slim when there are only a few (one pipeline rank would otherwise fill the axes)."""
+    pad = max(0.0, (5 - n) / 2)
+    ax.set_xlim(-0.5 - pad, n - 0.5 + pad)
 
 
 def memory_figure(stages: Sequence[Mapping[str, float]], capacity_bytes: float) -> bytes:
@@ -101,6 +117,7 @@ def memory_figure(stages: Sequence[Mapping[str, float]], capacity_bytes: float) 
     ax.axhline(capacity_bytes / GiB, color="#a33", linestyle="--", linewidth=1.5,
                label=f"device capacity {capacity_bytes / GiB:.0f} GiB")
     ax.set_xticks(xs, [f"pp rank {i}" for i in xs], fontsize=8, rotation=0 if len(xs) <= 12 else 90)
+    _few_bars(ax, len(xs))
     ax.set_ylabel("GiB per device")
     ax.set_ylim(0, max(max(bottom, default=0.0), capacity_bytes / GiB) * 1.12)
     ax.legend(fontsize=8, ncol=3, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
@@ -156,9 +173,10 @@ def gantt_figure(ranks: Sequence[Sequence[tuple[str, int, int, float, float]]], 
         axes[1][0].set_title(f"zoom: the first {zoom:.3g} s (numbers are micro-batches)", fontsize=9)
     kinds = [(k, lbl) for k, lbl in (("F", "forward"), ("B", "backward"), ("W", "weight grad"))
              if any(a[0] == k for acts in ranks for a in acts)]
-    handles = [Patch(facecolor=KIND_COLORS[k], label=lbl) for k, lbl in kinds]
+    patch = _mpl()[2]
+    handles = [patch(facecolor=KIND_COLORS[k], label=lbl) for k, lbl in kinds]
     if any(c != first_chunk[r] for r, acts in enumerate(ranks) for _, c, *_ in acts):
-        handles += [Patch(facecolor=LATER_CHUNK_COLORS[k], label=f"{lbl}, later chunk") for k, lbl in kinds]
+        handles += [patch(facecolor=LATER_CHUNK_COLORS[k], label=f"{lbl}, later chunk") for k, lbl in kinds]
     fig.legend(handles=handles, fontsize=8, ncol=len(handles), loc="upper right", frameon=False)
     return _png(fig)
 
@@ -197,10 +215,15 @@ def pareto_figure(points: Sequence[tuple[str, float, float, bool]], chosen: str,
             ax.scatter([hit[0][1] / GiB], [hit[0][0]], s=160 if marker == "*" else 60, marker=marker, color=color,
                        zorder=5, label=f"{label}: {name}")
     ax.axvline(capacity_bytes / GiB, color="#a33", linestyle="--", linewidth=1, label="device capacity")
-    ax.set_xlabel("peak memory per device (GiB)")
+    # candidates needing many times the device are off the scale: keep the axis about the capacity
+    x_max = max([capacity_bytes * 1.3] + [m * 1.05 for _, _, m in fit]) / GiB
+    x_min = min([capacity_bytes * 0.5] + [m * 0.9 for _, _, m in fit + nofit]) / GiB
+    off = sum(1 for _, _, m in nofit if m / GiB > x_max)
+    ax.set_xlim(x_min, x_max)
+    ax.set_xlabel("peak memory per device (GiB)" + (f"; {off} candidates beyond {x_max:.0f} GiB not shown" if off else ""))
     ax.set_ylabel("tokens / s / GPU")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    ax.legend(fontsize=8, loc="lower left")
     return _png(fig)
 
 
@@ -251,6 +274,7 @@ def partition_figure(chunks: Sequence[tuple[int, int, int, float]]) -> bytes:
         ax.grid(axis="y", alpha=0.3)
         if len(xs) <= 24:
             ax.set_xticks(xs)
+        _few_bars(ax, len(xs))
     return _png(fig)
 
 

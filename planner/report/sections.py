@@ -133,8 +133,13 @@ def binding_constraint(ctx: ReportContext) -> str:
         text.append(f"Memory binds: the fullest rank uses {h.pct(used)} of the device "
                     f"({h.gib(e.peak_memory_bytes)} of {h.gib(e.capacity_bytes)}).")
     if not text:
-        text.append(f"No constraint binds: no faster candidate was rejected and the fullest rank uses {h.pct(used)} "
-                    "of the device; the plan is the fastest the cost model found.")
+        text.append(f"No constraint binds: no priced candidate that is faster was rejected, and the fullest rank "
+                    f"uses {h.pct(used)} of the device.")
+        unpriced = [r for r in ctx.infeasible if r.step_time_s is None]
+        if unpriced:
+            pattern, n, _ = reason_groups(tuple(unpriced))[0]
+            text.append(f"{sum(r.count for r in unpriced):,} configurations were ruled out before pricing, most often "
+                        f"because: {pattern} ({n:,}).")
     return " ".join(text)
 
 
@@ -147,17 +152,23 @@ def candidates(ctx: ReportContext) -> h.Raw:
     stats = ctx.search_stats
     if stats:
         parts.append(h.para("Search: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in stats.items()) + "."))
-    parts.append(h.heading(f"Infeasible candidates ({len(ctx.rejected)})"))
-    if ctx.rejected:
-        groups = reason_groups(ctx.rejected)
-        parts.append(h.table(["reason (numbers vary)", "candidates", "example"],
-                             [(k, n, ex) for k, n, ex in groups[:ctx.top_n]], text_cols=(-1,)))
-        shown = sorted(ctx.rejected, key=lambda x: (x.step_time_s is None, x.step_time_s or 0.0))[:ctx.top_n]
+    infeasible, pruned = ctx.infeasible, ctx.pruned
+    parts.append(h.heading(f"Infeasible candidates ({sum(r.count for r in infeasible):,} configurations)"))
+    if infeasible:
+        parts.append(h.table(["reason (numbers vary)", "configurations", "example"],
+                             reason_groups(infeasible)[:ctx.top_n], text_cols=(-1,)))
+        shown = sorted(infeasible, key=lambda x: (x.step_time_s is None, x.step_time_s or 0.0))[:ctx.top_n]
         parts.append(h.table(["candidate", "would-be step time", "reason"],
                              [(x.name, h.seconds(x.step_time_s) if x.step_time_s is not None else "not priced",
                                x.reason) for x in shown], text_cols=(-1,)))
     else:
-        parts.append(h.para("None: every enumerated candidate was priced and fits."))
+        parts.append(h.para("None: every enumerated candidate can run."))
+    if pruned:
+        parts.append(h.heading(f"Pruned without pricing ({sum(r.count for r in pruned):,} configurations)"))
+        parts.append(h.para("A lower bound (compute alone, or an equivalent candidate already priced) showed these "
+                            "cannot beat the ranked ones; they can run, they are just not faster."))
+        parts.append(h.table(["reason (numbers vary)", "configurations", "example"],
+                             reason_groups(pruned)[:ctx.top_n], text_cols=(-1,)))
     return h.section("candidates", "3. Ranked candidates", parts)
 
 

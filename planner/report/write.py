@@ -129,11 +129,16 @@ def write_search_report(out_dir: str | Path, result: Any, plan: Plan, cost_model
     """The report of a search (planner.search.records.SearchResult): the hook for planner/search/outputs.py.
 
     Rejected rows are every record whose status is not 'ok' (infeasible with its reason, pruned with the
-    bound that pruned it); every priced record is a point of the Pareto plot.
+    bound that pruned it); every priced record is a point of the Pareto plot. ``cost_model`` None: a
+    CostModel without profile (what ``search`` builds when no ``--profile`` is given).
     """
+    if cost_model is None:
+        from planner.cost import CostModel
+
+        cost_model = CostModel(plan.model, plan.cluster)
     ranked = [rec.estimate for rec in result.ranked if rec.estimate is not None]
-    rejected = [Rejected(rec.name + (f" (x{rec.count})" if rec.count > 1 else ""),
-                         f"{rec.status}: {rec.reason}" if rec.reason else rec.status, rec.step_time_s)
+    rejected = [Rejected(rec.name + (f" (x{rec.count})" if rec.count > 1 else ""), rec.reason or rec.status,
+                         rec.step_time_s, "pruned" if rec.status == "pruned" else "infeasible", rec.count)
                 for rec in result.records if rec.status != "ok"]
     points = [(rec.name, rec.estimate.tokens_per_s_per_gpu, rec.estimate.peak_memory_bytes, rec.estimate.fits)
               for rec in result.records if rec.estimate is not None]

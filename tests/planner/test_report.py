@@ -114,7 +114,7 @@ def test_candidates_table_ranks_and_lists_infeasible(report) -> None:
     cands = text.split('<section id="candidates"')[1].split('<section id="plots"')[0]
     positions = [cands.index(htmllib.escape(e.config.name)) for e in ok]
     assert positions == sorted(positions)
-    assert f"Infeasible candidates ({len(rejected)})" in cands
+    assert f"Infeasible candidates ({len(rejected)} configurations)" in cands
     for r in rejected:
         assert htmllib.escape(r.name) in cands
 
