@@ -1,7 +1,8 @@
 """Dynamic expert balancing end to end on gloo processes: a skewed router overloads one EP rank; the
 counts go to the planner, which writes a new placement; the experts move (in memory, and through a
 DCP checkpoint reloaded under the new placement); the busiest rank's load falls and training goes on
-exactly as if nothing had moved (same losses and parameters as the single-process reference).
+exactly as if nothing had moved (same losses and parameters as the single-process reference), also
+inside the runtime's Engine (DDP + 1F1B pipeline + EP).
 
 Tolerance 1e-10: float64 and Adam; moving experts reorders no arithmetic inside an expert, only
 which process does it (observed differences ~1e-17).
@@ -19,7 +20,7 @@ from planner.expert_placement import ExpertLoad
 from planner.parallel_config import ParallelConfig
 from planner.plan import Plan, default_expert_placement
 from planner.rank_order import Degrees, coords_of
-from runtime.expert_balance import max_over_mean, measured_rank_loads, rebalance_experts
+from runtime.expert_balance import max_over_mean, measured_rank_loads, moe_modules, rebalance_experts
 from runtime.local_launch import launch
 from runtime.moe import expert_parameters, reduce_expert_grads
 from tests.runtime.test_moe_ep import SPEC, TOKENS_B, MoEStack, global_batch, loss_of, make_groups
@@ -28,9 +29,9 @@ TOL = 1e-10
 SKEWED = SPEC.replace(router_bias=True)  # the correction bias is how we skew the router
 
 
-def _skew(model, bias: list[float]) -> None:
+def _skew(moe_layers, bias: list[float]) -> None:
     with torch.no_grad():
-        for m in model.moe:
+        for m in moe_layers:
             m.router.score_bias.copy_(torch.tensor(bias))
 
 
@@ -69,8 +70,8 @@ def _balance_worker(bias: list[float], slots: int, steps: int, ckpt_dir: str) ->
     ref = MoEStack(spec=SKEWED).double()
     for m in ref.moe:
         m.aux_loss_backward_scale = 1.0 / world
-    _skew(model, bias)
-    _skew(ref, bias)
+    _skew(model.moe, bias)
+    _skew(ref.moe, bias)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     ref_opt = torch.optim.Adam(ref.parameters(), lr=1e-2)
     loss_diff = 0.0
@@ -144,3 +145,38 @@ def test_hot_expert_replicated_when_memory_allows(tmp_path) -> None:
     r = _check(got, "ep4", margin=0.5)
     assert _written_plan(tmp_path / "ckpt4") == r["new"]
     assert sum(0 in p for p in r["new"]) >= 2
+
+
+def _engine_worker(plan_dict: dict) -> dict:
+    """The runtime's Engine (DDP over dp, 1F1B over pp, EP inside each stage): the same 4 steps with and
+    without an in-memory expert move after step 2; the losses must not notice."""
+    import torch.nn as nn
+
+    from runtime.engine import Engine, RunOptions
+
+    plan = Plan.from_dict(plan_dict)
+    out = {}
+    for move in (False, True):
+        engine = Engine(plan, RunOptions(dtype="fp64"))
+        models = nn.ModuleList(engine.local_models())
+        _skew(moe_modules(models), [0.2, 0.2, 0.0, 0.0])
+        losses = [engine.train_step().loss for _ in range(2)]
+        before = max_over_mean(measured_rank_loads(models))
+        new = rebalance_experts(models, engine.optimizer, plan, 2, slots_per_rank=2) if move else plan
+        losses += [engine.train_step().loss for _ in range(2)]
+        out[str(move)] = {"losses": losses, "before": before, "after": max_over_mean(measured_rank_loads(models)),
+                          "placement": [list(p) for p in new.expert_placement]}
+    return out
+
+
+def test_rebalance_inside_the_runtime_engine() -> None:
+    config = ParallelConfig(dp=2, tp=1, pp=2, ep=2, micro_batch_size=1, global_batch_size=4, seq_len=SKEWED.seq_len)
+    plan = Plan.build(SKEWED, resolve_cluster("cpu", gpus=4), config)
+    got = launch(_engine_worker, 4, plan.to_dict(), timeout_s=200)[0]
+    stay, moved = got["False"], got["True"]
+    diff = max(abs(a - b) for a, b in zip(stay["losses"], moved["losses"]))
+    print(f"engine dp2 pp2 ep2: placement {stay['placement']} -> {moved['placement']}; max/mean rank load "
+          f"{moved['before']:.3f} -> {moved['after']:.3f}; max abs loss diff vs not moving {diff:.1e}")
+    assert moved["placement"] != stay["placement"]
+    assert moved["after"] <= moved["before"] - 0.3
+    assert diff < TOL
