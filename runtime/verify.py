@@ -70,7 +70,12 @@ def _rank_worker(plan: Plan, options: RunOptions, steps: int, ref_path: str) -> 
 def verify_plan(plan: Plan, steps: int, options: RunOptions | None = None, *, timeout_s: float = 300.0) -> VerifyResult:
     options = options or RunOptions()
     t0 = time.monotonic()
-    ref = run_reference(plan, options, steps)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: intra-op threads only spin against the ranks (and other jobs)
+    try:
+        ref = run_reference(plan, options, steps)
+    finally:
+        torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory(prefix="hp-verify-") as tmp:
         ref_path = str(Path(tmp) / "reference.pt")
         torch.save(ref.params, ref_path)
