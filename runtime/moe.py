@@ -202,6 +202,7 @@ class MoEFFN(nn.Module):
             self.dropped_pairs = int(experts_P.numel() - kept.numel())
         else:
             experts_kept = experts_P
+            self.dropped_pairs = 0
         rows, per_slot, state = self.dispatcher.dispatch(x_ND, token_P, experts_kept)
         self.received_tokens = int(rows.shape[0])
         self.received_tokens_accum += self.received_tokens
