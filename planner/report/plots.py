@@ -220,7 +220,8 @@ def pareto_figure(points: Sequence[tuple[str, float, float, bool]], chosen: str,
     x_min = min([capacity_bytes * 0.5] + [m * 0.9 for _, _, m in fit + nofit]) / GiB
     off = sum(1 for _, _, m in nofit if m / GiB > x_max)
     ax.set_xlim(x_min, x_max)
-    ax.set_xlabel("peak memory per device (GiB)" + (f"; {off} candidates beyond {x_max:.0f} GiB not shown" if off else ""))
+    beyond = f"; {off} candidates beyond {x_max:.0f} GiB not shown" if off else ""
+    ax.set_xlabel("peak memory per device (GiB)" + beyond)
     ax.set_ylabel("tokens / s / GPU")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower left")

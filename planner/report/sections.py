@@ -62,7 +62,8 @@ def answer(ctx: ReportContext, exports: str = "") -> h.Raw:
                 (h.duration(wall_s), f"to train {h.count(ctx.train_tokens)} tokens"),
                 (h.count(gpu_h), f"GPU-hours on {cfg.world_size} GPUs")]),
         h.para(f"Tokens to train: {h.count(ctx.train_tokens)} ({ctx.tokens_source}); "
-               f"{cfg.tokens_per_step:,} tokens per step, {math.ceil(ctx.train_tokens / cfg.tokens_per_step):,} steps."),
+               f"{cfg.tokens_per_step:,} tokens per step, "
+               f"{math.ceil(ctx.train_tokens / cfg.tokens_per_step):,} steps."),
         h.heading("Peak memory per rank against device capacity"),
         h.table(["rank", "peak", "capacity", "headroom", "used", "status"], rows),
         h.heading("Launch"),
@@ -223,7 +224,8 @@ def inputs(ctx: ReportContext, versions: dict[str, str]) -> h.Raw:
         model_rows.append(("source", m.notes))
     d = c.device
     cluster_rows = [("name", c.name), ("devices", f"{c.world_size} = {c.num_nodes} nodes x {c.devices_per_node}"),
-                    ("device", d.name), ("peak FLOP/s", ", ".join(f"{k} {v / 1e12:g} T" for k, v in d.peak_flops.items())),
+                    ("device", d.name),
+                    ("peak FLOP/s", ", ".join(f"{k} {v / 1e12:g} T" for k, v in d.peak_flops.items())),
                     ("memory", h.gib(d.memory_bytes)), ("HBM", f"{d.hbm_bandwidth_bytes_per_s / 1e9:,.0f} GB/s")]
     cluster_rows += [(f"link {l.name}", f"{l.bandwidth_bytes_per_s / 1e9:g} GB/s per device, {l.latency_s * 1e6:g} us"
                       + (f" ({l.source})" if l.source else "")) for l in c.links]

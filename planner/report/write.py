@@ -45,7 +45,8 @@ def write_report(out_dir: str | Path, *, plan: Plan, ranked: Sequence[Any], cost
     if not ranked:
         ranked = [cost_model.estimate(plan.config)]
     ctx = ReportContext(plan=plan, ranked=tuple(ranked), rejected=tuple(rejected), command=command,
-                        launch_command=launch_command, tokens=tokens, profile_desc=profile_desc,
+                        launch_command=launch_command, tokens=tokens,
+                        profile_desc=_profile_text(profile_desc, getattr(cost_model, "profile", None)),
                         search_stats=dict(search_stats or {}), pareto_points=tuple(pareto_points), top_n=top_n)
     e = ctx.chosen
     st = step_timeline(cost_model, plan.config, e.breakdown)
@@ -80,7 +81,8 @@ def _plots_section(ctx: ReportContext, st, cost_model: Any) -> h.Raw:
                  "the usable device capacity (device memory minus the cost model's safety margin)."))
     figs.append((plots.gantt_figure(st.gantt_rows(), st.pipeline_s, st.bubble_fraction(), ctx.config.name),
                  "pipeline timeline of the chosen plan",
-                 f"The chosen plan's schedule ({ctx.config.schedule}, {ctx.config.num_micro_batches} micro-batches): the "
+                 f"The chosen plan's schedule ({ctx.config.schedule}, {ctx.config.num_micro_batches} micro-batches): "
+                 "the "
                  "action lists the runtime executes, with the cost model's per-chunk durations, through its event "
                  "simulator over every micro-batch. Numbers are micro-batches; lighter boxes are a rank's later "
                  "model chunks."))
@@ -93,10 +95,22 @@ def _plots_section(ctx: ReportContext, st, cost_model: Any) -> h.Raw:
     dims = sweep(model, cluster, named, lambda m, c: type(cost_model)(m, c, profile, options))
     panels = [(d.title, d.factors, {n: [(p.step_time_s, p.fits) if p else None for p in pts]
                                      for n, pts in d.points.items()}) for d in dims]
+    measured = " With a profile, measured block and collective times do not scale with the spec-sheet " \
+        "FLOP/s and bandwidth: those lines move only where the profile does not cover." if profile is not None else ""
     figs.append((plots.sensitivity_figure(panels), "sensitivity of the chosen plan and the runner-up",
                  "Predicted step time when one input is halved or doubled (the configuration kept fixed); "
-                 "lines that cross mean the ranking depends on that input."))
+                 "lines that cross mean the ranking depends on that input; hollow points no longer fit." + measured))
     return sections.plots(figs, [h.heading("Sensitivity (predicted step time)"), sections.sensitivity_table(dims)])
+
+
+def _profile_text(desc: str, profile: Any) -> str:
+    """The profile's path (as given) and, when the cost model holds one, where it was measured."""
+    header = getattr(profile, "header", None)
+    if header is None:
+        return desc
+    where = (f"measured on {header.device} ({header.backend}, {header.world_size} ranks on {header.nodes} node(s), "
+             f"torch {header.torch_version or '?'}, {header.date or 'undated'})")
+    return f"{desc}: {where}" if desc else where
 
 
 def _partition_png(ctx: ReportContext) -> bytes:

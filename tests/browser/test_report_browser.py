@@ -105,7 +105,8 @@ def rendered(tmp_path_factory):
     cluster = CLUSTER_PRESETS["dgx-h100"].with_world(gpus=16)
     cm = CostModel(model, cluster)
     cfgs = [ParallelConfig(dp=16 // (tp * pp), tp=tp, pp=pp, micro_batch_size=1, global_batch_size=64, seq_len=8192,
-                           sequence_parallel=tp > 1, recompute="selective") for tp, pp in ((2, 2), (4, 2), (2, 4), (1, 2))]
+                           sequence_parallel=tp > 1, recompute="selective")
+            for tp, pp in ((2, 2), (4, 2), (2, 4), (1, 2))]
     ests = sorted((cm.estimate(c) for c in cfgs), key=lambda e: e.step_time_s)
     ok = [e for e in ests if e.fits]
     plan = Plan.build(model, cluster, ok[0].config)

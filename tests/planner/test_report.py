@@ -152,8 +152,8 @@ def test_sensitivity_moves_the_right_way() -> None:
     assert pts["GPU count (dp)"][2] is None
 
 
-def test_compare_section_with_a_measured_trace(tmp_path) -> None:
-    files, _, _ = build(tmp_path / "a")
+def test_compare_section_with_a_measured_trace(report, tmp_path) -> None:
+    files = report[0]
     predicted = json.loads(files["predicted_trace.json"].read_text())
     measured = dict(predicted)
     measured["otherData"] = dict(predicted["otherData"], source="measured")
