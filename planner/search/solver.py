@@ -48,6 +48,8 @@ class SearchOptions:
     """Per CP-SAT solve that only asks whether a non-fitting candidate has any split that fits."""
     max_refine: int = 12
     """Leading candidates that get the CP-SAT split."""
+    prune: bool = True
+    """False: evaluate every configuration (the reference the pruning is tested against)."""
 
 
 def _group_dims(g: ComputeGroup) -> dict[str, Any]:
@@ -68,6 +70,36 @@ def _group_name(g: ComputeGroup) -> str:
     return "_".join(parts) + "_*"
 
 
+def rows_bound(space: SearchSpace, capacity_bytes: float, g: ComputeGroup, pins: dict[int, Any],
+               members: list[tuple[str, int, int]], collapse: bool) -> np.ndarray:
+    """Lower bounds (s) for (schedule, v, zero) members of a group (``pins``: PartitionInputs per ZeRO stage);
+    with ``collapse``, one row per ZeRO stage taking the element-wise minimum over schedules: a bound for
+    the whole group. Members with one chunk per rank also get the fill/drain bound."""
+    m = g.micro_batches(space.global_batch)
+    plist, infl, ranks = [], [], []
+    for sched, v, z in members:
+        plist.append(pins[z])
+        infl.append(inflight_per_chunk(sched, g.pp, v, m))
+        ranks.append([ParallelConfig.chunk_to_pp_rank(c, g.pp, sched) for c in range(g.pp * v)])
+    rows = bounds.relaxed_rows(plist, infl, ranks, g.pp, [sched != "zbv" for sched, _, _ in members], m)
+    any_pin = next(iter(pins.values()))
+    if collapse:
+        zs = sorted(pins)
+        idx = [[k for k, mem in enumerate(members) if mem[2] == z] for z in zs]
+        rows = bounds.RelaxedRows(
+            inflight=np.stack([rows.inflight[i].min(axis=0) for i in idx]),
+            fixed_time_s=np.stack([rows.fixed_time_s[i].min(axis=0) for i in idx]),
+            fixed_bytes=np.stack([rows.fixed_bytes[i].min(axis=0) for i in idx]),
+            layer_static_bytes=np.array([rows.layer_static_bytes[i].min() for i in idx]))
+        return bounds.relaxed_bottleneck_lower_bound_s(any_pin, rows, m, capacity_bytes, g.recompute != "full")
+    lbs = bounds.relaxed_bottleneck_lower_bound_s(any_pin, rows, m, capacity_bytes, g.recompute != "full")
+    work = bounds.work_per_microbatch_s(any_pin)
+    for k, (sched, v, z) in enumerate(members):
+        if v == 1:
+            lbs[k] = max(lbs[k], bounds.fill_drain_lower_bound_s(work, m, g.pp))
+    return lbs
+
+
 class _Search:
     def __init__(self, space: SearchSpace, cm: Any, options: SearchOptions,
                  progress: Callable[[int, int, SearchStats], None] | None):
@@ -84,7 +116,9 @@ class _Search:
         return time.perf_counter() - self.t0
 
     def threshold(self) -> float:
-        return -self.best_keys[0] if len(self.best_keys) >= self.opt.top_k else float("inf")
+        if not self.opt.prune or len(self.best_keys) < self.opt.top_k:
+            return float("inf")
+        return -self.best_keys[0]
 
     def _offer(self, key: float) -> None:
         heapq.heappush(self.best_keys, -key)
@@ -154,28 +188,6 @@ class _Search:
         return self.add(CandidateRecord(split.name, "ok", split, est2, lower_bound_s=lb_s, partition=part))
 
     # ------------------------------------------------------------------ one group
-    def rows_bound(self, g: ComputeGroup, pins: dict[int, Any], members: list[tuple[str, int, int]],
-                   collapse: bool) -> Any:
-        """Relaxed bottleneck bound for (schedule, v, zero) members; with ``collapse``, one row per ZeRO
-        stage taking the element-wise minimum over schedules (a bound for the whole group)."""
-        m = g.micro_batches(self.space.global_batch)
-        plist, infl, ranks = [], [], []
-        for sched, v, z in members:
-            plist.append(pins[z])
-            infl.append(inflight_per_chunk(sched, g.pp, v, m))
-            ranks.append([ParallelConfig.chunk_to_pp_rank(c, g.pp, sched) for c in range(g.pp * v)])
-        rows = bounds.relaxed_rows(plist, infl, ranks, g.pp, [sched != "zbv" for sched, _, _ in members], m)
-        if collapse:
-            zs = sorted(pins)
-            idx = [[k for k, mem in enumerate(members) if mem[2] == z] for z in zs]
-            rows = bounds.RelaxedRows(
-                inflight=np.stack([rows.inflight[i].min(axis=0) for i in idx]),
-                fixed_time_s=np.stack([rows.fixed_time_s[i].min(axis=0) for i in idx]),
-                fixed_bytes=np.stack([rows.fixed_bytes[i].min(axis=0) for i in idx]),
-                layer_static_bytes=np.array([rows.layer_static_bytes[i].min() for i in idx]))
-        any_pin = next(iter(pins.values()))
-        return bounds.relaxed_bottleneck_lower_bound_s(any_pin, rows, m, self.cap, g.recompute != "full")
-
     def explore(self, g: ComputeGroup, pins: dict[int, Any], schedules: list, syncs: list[SyncOption]) -> None:
         by_zero: dict[int, list[SyncOption]] = {}
         for s in syncs:
@@ -183,12 +195,7 @@ class _Search:
         members = [(sched, v, z) for sched, v in schedules for z in by_zero]
         pins = {z: pins[z] if z in pins else self.cm.partition_inputs(
             make_config(self.space, g, *schedules[0], SyncOption(zero=z))) for z in by_zero}
-        lbs = self.rows_bound(g, pins, members, collapse=False)
-        m = g.micro_batches(self.space.global_batch)
-        work = bounds.work_per_microbatch_s(next(iter(pins.values())))
-        for k, (sched, v, z) in enumerate(members):
-            if v == 1:
-                lbs[k] = max(lbs[k], bounds.fill_drain_lower_bound_s(work, m, g.pp))
+        lbs = rows_bound(self.space, self.cap, g, pins, members, collapse=False)
         order = sorted(range(len(members)), key=lambda k: (lbs[k], k))
         for k in order:
             sched, v, zero = members[k]
@@ -295,14 +302,15 @@ class _Search:
                     f"equivalent: same time and memory as {_group_name(plain[key][0])} (recompute none)")))
                 continue
             members = [(sched, v, z) for sched, v in schedules for z in pins]
-            lb = float(self.rows_bound(g, pins, members, collapse=True).min())
+            lb = float(rows_bound(self.space, self.cap, g, pins, members, collapse=True).min())
             if not np.isfinite(lb):
                 floor = min(bounds.memory_floor_bytes(p, g.pp) for p in pins.values())
                 self.floors.append((floor, g))
                 self.add(CandidateRecord(_group_name(g), "infeasible", None, count=n, group=_group_dims(g),
                                          members=_members(self.space, g, schedules, syncs), reason=(
                     f"memory floor: layers do not fit on {g.pp} pipeline ranks even with full recomputation "
-                    f"(static bytes alone {floor / GiB:.1f} GiB per rank; capacity {self.cap / GiB:.1f} GiB)")))
+                    f"(static bytes and overheads alone {floor / GiB:.1f} GiB per rank; capacity "
+                    f"{self.cap / GiB:.1f} GiB)")))
                 continue
             bounded.append((lb, len(bounded), g, schedules, syncs, pins))
         bounded.sort(key=lambda t: (t[0], t[1]))
@@ -366,8 +374,8 @@ class _Search:
         return InfeasibleError(
             f"{m.name} does not fit on {c.world_size} x {c.device.name} at any degree: even {_group_name(g)[:-2]} "
             f"with ZeRO and full recomputation needs more than {self.cap / GiB:.1f} GiB per device "
-            f"(weights, gradients and optimizer states alone {floor / GiB:.1f} GiB, plus activations and "
-            "fixed overheads)")
+            f"(weights, gradients, optimizer states and fixed overheads alone {floor / GiB:.1f} GiB, plus "
+            "activations)")
 
 
 def search(space: SearchSpace, cost_model: Any, options: SearchOptions | None = None,

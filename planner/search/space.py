@@ -246,8 +246,10 @@ def explain_empty(space: SearchSpace) -> InfeasibleError:
             f"device node; pp at most {m.num_layers} layers){suffix}")
     dps = sorted({world // (t * p) for t, p in layouts})
     if not any(space.global_batch % d == 0 for d in dps):
-        return InfeasibleError(f"global batch {space.global_batch} is not divisible by any data-parallel degree "
-                               f"world size {world} allows (dp in {', '.join(map(str, dps[:12]))}){suffix}")
+        return InfeasibleError(
+            f"world size {world} and global batch {space.global_batch}: no tp x pp x dp divides the world with dp "
+            f"dividing the batch (the world allows dp in {', '.join(map(str, dps[:12]))}; tp must divide "
+            f"{m.num_heads} heads within a node, pp at most {m.num_layers} layers){suffix}")
     if m.is_moe and c.is_fixed("ep"):
         return InfeasibleError(f"expert parallel degree {c.ep} must divide {m.num_experts} experts and tp x dp"
                                f"{suffix}")
