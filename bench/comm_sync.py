@@ -63,22 +63,24 @@ def _worker(n: int, reps: int, dpn: int) -> dict[str, list[float]]:
         state = make_state(method, param, "allreduce", groups, overlap=False, warmup_steps=2)
         runs[method] = (lambda t, st=state: sync(st, FlatBucket(t, shapes)), 2 if method == "powersgd" else 0)
     runs["allreduce"] = (runs["allreduce"][0], 1)  # one untimed call first: pages, connections
-    out: dict[str, list[float]] = {}
-    for name, (run, warmup) in runs.items():
+    for run, warmup in runs.values():
         for _ in range(warmup):
             run(x.clone())
-        times, sent = [], []
-        for _ in range(reps):
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    sent: dict[str, list[int]] = {name: [] for name in runs}
+    for _ in range(reps):  # rep-major: a burst of load on the shared machine hits every method alike
+        for name, (run, _) in runs.items():
             grad = x.clone()  # a fresh gradient, outside the timed region (DDP syncs its buckets in place)
             dist.barrier()
             w0, t0 = _wchar(), time.perf_counter()
             run(grad)
             dt = torch.tensor([time.perf_counter() - t0])
-            sent.append(_wchar() - w0)
+            sent[name].append(_wchar() - w0)
             dist.all_reduce(dt, op=dist.ReduceOp.MAX)
-            times.append(dt.item())
+            times[name].append(dt.item())
             del grad
-        out[name] = [statistics.median(times), float(min(sent))]  # min: log lines may add a few bytes
+    # min bytes: a log line may add a few; median time over reps
+    out = {name: [statistics.median(times[name]), float(min(sent[name]))] for name in runs}
     return out
 
 
