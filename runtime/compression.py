@@ -203,8 +203,10 @@ def sync(state: CompressionState, bucket: Any) -> torch.Tensor:
     return _SYNCS[state.method](state, bucket)
 
 
-def compression_hook(state: CompressionState, bucket):  # no annotations: DDP checks them as objects, and
-    """DDP comm hook: returns at once (comm thread) so the reduction overlaps with backward."""  # ours are str
+# Unannotated on purpose: DDP compares a hook's annotations with dist.GradBucket / Future objects, and
+# ``from __future__ import annotations`` turns ours into strings it rejects.
+def compression_hook(state: CompressionState, bucket):
+    """DDP comm hook: returns at once (comm thread) so the reduction overlaps with backward."""
     if state.comm is None:
         fut: torch.futures.Future = torch.futures.Future()
         fut.set_result(sync(state, bucket))
