@@ -63,16 +63,21 @@ MOE_IMBALANCE = 1.15
 all-to-all and expert matmuls wait for the most loaded rank (Megatron-Core MoE / DeepSeek-V3 reports show
 10-20% imbalance at steady state)."""
 
-FRAMEWORK_OVERHEAD_BYTES = 2.0 * 2**30
-"""CUDA context, cuBLAS / NCCL workspaces and allocator fragmentation per GPU (~1.5-3 GiB observed)."""
+FRAMEWORK_OVERHEAD_BYTES = {"ampere": 2.0 * 2**30, "hopper": 2.0 * 2**30, "default": 2.0 * 2**30,
+                            "cpu": 0.25 * 2**30}
+"""GPUs: CUDA context, cuBLAS / NCCL workspaces and allocator fragmentation per GPU (~1.5-3 GiB observed).
+CPU processes (the ``cpu`` cluster): a forked torch process with gloo, ~250 MiB RSS beyond its tensors
+(measured here with ``ps -o rss`` on a runtime worker of the tiny models)."""
 
 MEMORY_SAFETY_MARGIN = 0.05
 """Share of device memory kept free: the search never returns a plan above (1 - margin) x memory."""
 
 
 def device_family(device_name: str) -> str:
-    """'ampere' (A100), 'hopper' (H100 / H200 / H800) or 'default' (anything else, e.g. cpu)."""
+    """'ampere' (A100), 'hopper' (H100 / H200 / H800), 'cpu' (local CPU processes) or 'default'."""
     n = device_name.upper()
+    if n.startswith("CPU"):
+        return "cpu"
     if "A100" in n or "A800" in n or "A30" in n:
         return "ampere"
     if "H100" in n or "H200" in n or "H800" in n or "H20" in n:

@@ -71,11 +71,12 @@ def activation_bytes(block: Block, *, tokens: int, seq_len: int, tp: int, sequen
 
 
 def other_bytes(*, tokens: int, hidden: int, dtype_bytes: int, tp: int, sequence_parallel: bool,
-                bucket_size_bytes: int, dp: int, pp: int, zero3_gather_bytes: float) -> float:
+                bucket_size_bytes: int, dp: int, pp: int, zero3_gather_bytes: float,
+                family: str = "default") -> float:
     """Framework overhead, communication buffers: DDP/distributed-optimizer bucket (x2, one reducing while
     one fills), pipeline send/recv buffers (2 in, 2 out), the SP all-gather output, ZeRO-3 gathered weights."""
     act = tokens * hidden * dtype_bytes
     buckets = 2 * bucket_size_bytes if dp > 1 else 0
     p2p = 4 * act / (tp if sequence_parallel else 1) if pp > 1 else 0
     sp = act if (sequence_parallel and tp > 1) else 0
-    return eff.FRAMEWORK_OVERHEAD_BYTES + buckets + p2p + sp + zero3_gather_bytes
+    return eff.FRAMEWORK_OVERHEAD_BYTES.get(family, eff.FRAMEWORK_OVERHEAD_BYTES["default"]) + buckets + p2p + sp + zero3_gather_bytes

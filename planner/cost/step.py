@@ -292,7 +292,7 @@ class CostModel:
         return mem.other_bytes(tokens=config.micro_batch_size * config.seq_len, hidden=m.hidden_size,
                                dtype_bytes=m.dtype_bytes, tp=config.tp, sequence_parallel=config.sequence_parallel,
                                bucket_size_bytes=config.bucket_size_bytes, dp=config.dp, pp=config.pp,
-                               zero3_gather_bytes=gather)
+                               zero3_gather_bytes=gather, family=self.hw.family)
 
     # ------------------------------------------------------------------ FLOPs
     def model_flops_per_step(self, config: ParallelConfig) -> tuple[float, float]:
