@@ -87,25 +87,31 @@ def relaxed_rows(pins: list[Any], inflight: list[tuple[int, ...]], chunk_ranks: 
     ftime = np.zeros((K, pp))
     fbytes = np.zeros((K, pp))
     static = np.zeros(K)
+    per_pin: dict[int, tuple[float, ...]] = {}
+    ranks_ = np.arange(pp)
     for k, (pin, infl, ranks) in enumerate(zip(pins, inflight, chunk_ranks)):
-        for c, r in enumerate(ranks):
-            inf_min[k, r] = min(inf_min[k, r], infl[c])
+        np.minimum.at(inf_min[k], np.asarray(ranks), np.asarray(infl, dtype=float))
+        got = per_pin.get(id(pin))
+        if got is None:
+            got = per_pin[id(pin)] = (float(pin.embed_time_s), float(pin.head_time_s), float(pin.rank_other_bytes),
+                                      float(pin.embed_static_bytes), float(pin.embed_activation_bytes),
+                                      float(pin.head_static_bytes), float(pin.head_activation_bytes),
+                                      float(min(pin.layer_static_bytes)), float(min(pin.layer_time_s)))
+        e_t, h_t, other, e_s, e_a, h_s, h_a, s_min, t_min = got
         first, last = ranks[0], ranks[-1]
-        ftime[k, first] += float(pin.embed_time_s)
-        ftime[k, last] += float(pin.head_time_s)
-        fbytes[k, :] += float(pin.rank_other_bytes)
-        fbytes[k, first] += float(pin.embed_static_bytes) + infl[0] * float(pin.embed_activation_bytes)
-        fbytes[k, last] += float(pin.head_static_bytes) + infl[-1] * float(pin.head_activation_bytes)
-        static[k] = min(pin.layer_static_bytes)
+        ftime[k, first] += e_t
+        ftime[k, last] += h_t
+        fbytes[k, :] += other
+        fbytes[k, first] += e_s + infl[0] * e_a
+        fbytes[k, last] += h_s + infl[-1] * h_a
+        static[k] = s_min
         if fill_drain and fill_drain[k] and pp > 1:
-            ranks_ = np.arange(pp)
-            offset = ranks_ * float(min(pin.layer_time_s)) + np.where(ranks_ > 0, float(pin.embed_time_s), 0.0)
-            ftime[k, :] += offset / micro_batches
+            ftime[k, :] += (ranks_ * t_min + np.where(ranks_ > 0, e_t, 0.0)) / micro_batches
     return RelaxedRows(inf_min, ftime, fbytes, static)
 
 
 def relaxed_bottleneck_lower_bound_s(pin: Any, rows: RelaxedRows, micro_batches: int, capacity_bytes: float,
-                                     allow_recompute: bool, iterations: int = 32) -> np.ndarray:
+                                     allow_recompute: bool, iterations: int = 22) -> np.ndarray:
     """Per row: m x the fractional-split bottleneck (see module doc); inf where nothing can fit."""
     L = len(pin.layer_time_s)
     t = float(min(pin.layer_time_s))

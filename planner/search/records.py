@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Callable, Iterator
 
 from planner.parallel_config import ParallelConfig
@@ -44,7 +45,7 @@ class CandidateRecord:
             return float("inf")
         return rank_key(self.estimate.step_time_s, self.config.compression)
 
-    @property
+    @cached_property
     def base_name(self) -> str:
         """Name without the layer split: what an even split of the same choices is called."""
         if self.config is None:

@@ -231,10 +231,11 @@ class _Search:
     def refine(self, lb_of: dict[str, float]) -> None:
         """CP-SAT splits for the leading candidates, while one could still change the answer."""
         done = 0
-        for rec in self.rank():
+        ranked = self.rank()
+        best_key = ranked[0].key
+        for rec in ranked:
             if done >= self.opt.max_refine or self.elapsed() > self.opt.time_limit_s:
                 break
-            best_key = self.rank()[0].key
             lb = lb_of.get(rec.base_name, 0.0)
             if done >= self.opt.top_k and bounds.rank_key(lb, rec.config.compression) >= best_key:
                 continue
@@ -254,8 +255,10 @@ class _Search:
             status = "ok" if est.fits else "infeasible"
             new = self.add(CandidateRecord(split.name, status, split, est, lower_bound_s=lb, partition=part,
                                            reason="" if est.fits else self._does_not_fit(est)))
-            if new.status == "ok" and new.key < rec.key and part.gap != float("inf"):
-                self.stats.max_gap = max(self.stats.max_gap, part.gap)
+            if new.status == "ok" and new.key < rec.key:
+                best_key = min(best_key, new.key)
+                if part.gap != float("inf"):
+                    self.stats.max_gap = max(self.stats.max_gap, part.gap)
 
     def rank(self) -> list[CandidateRecord]:
         best: dict[str, CandidateRecord] = {}
@@ -364,6 +367,11 @@ class _Search:
 
     def _explain_nothing_fits(self) -> InfeasibleError:
         m, c = self.space.model, self.space.cluster
+        if self.stats.timed_out:
+            return InfeasibleError(
+                f"no configuration that fits was found within the time limit of {self.opt.time_limit_s:g} s "
+                f"({self.stats.unexplored} of {self.stats.enumerated} configurations unexplored); raise --time-limit "
+                "or pin dimensions with --fix")
         evaluated = [r for r in self.records if r.estimate is not None]
         if evaluated:
             r = min(evaluated, key=lambda r: r.estimate.peak_memory_bytes)

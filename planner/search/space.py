@@ -21,7 +21,8 @@ Default pruning rules (each lifted for its dimension by ``--fix``, see ``constra
 * grad_sync 'hierarchical' only when the DP group spans nodes with >= 2 members per node (otherwise it
   is the ring); 'ps' (the parameter-server baseline, modelled for comparison) only when fixed;
   with ZeRO >= 1 the sync is reduce-scatter whatever the mode, so only 'allreduce' is enumerated;
-* compression only with ZeRO <= 1 (compressed all-reduce; ZeRO-2/3 shard the gradients), 'fp16' only
+* compression only with ZeRO 0 (a compressed all-reduce: the cost model prices ZeRO >= 1 as a reduce-scatter of
+  uncompressed gradients, so a compressed ZeRO-1 would be a duplicate at the same cost), 'fp16' only
   when fixed (same bytes and cost as 'bf16'), int8 / topk / powersgd only with the flat all-reduce
   (planner.compression.check_combination);
 * what the runtime cannot run yet is left out: ZeRO >= 1 with MoE layers (runtime/data_parallel.py), and on
@@ -195,7 +196,9 @@ def sync_options(space: SearchSpace, g: ComputeGroup) -> Iterator[SyncOption]:
             if z >= 1 and mode != "allreduce" and not c.is_fixed("grad_sync"):
                 continue
             for comp in comps:
-                if comp != "none" and (z >= 2 or (g.dp == 1 and not c.is_fixed("compression"))):
+                if comp != "none" and not c.is_fixed("compression") and (z >= 1 or g.dp == 1):
+                    continue
+                if comp != "none" and z >= 2:
                     continue
                 try:
                     check_combination(mode, comp)
