@@ -40,6 +40,8 @@ class RunOptions:
     """'synthetic' or 'bytes:PATH' (runtime.data)."""
     record_timeline: bool = True
     """Keep per-micro-batch F / B / W timings for the trace and the per-stage log."""
+    device: str | None = None
+    """'cpu', 'cuda' or None: cuda:LOCAL_RANK when CUDA is available (runtime.mesh.default_device)."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,8 @@ class Engine:
     def __init__(self, plan: Plan, options: RunOptions | None = None, device: torch.device | None = None):
         self.plan, self.options = plan, options or RunOptions()
         cfg, spec = plan.config, plan.model
+        if device is None and self.options.device == "cpu":
+            device = torch.device("cpu")
         self.topo: Topology = build_topology(plan, device)
         topo = self.topo
         dtype = torch_dtype(self.options.dtype)

@@ -10,6 +10,7 @@ after the last optimizer step, plus coverage (every reference parameter compared
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 import time
 from dataclasses import dataclass
@@ -68,7 +69,8 @@ def _rank_worker(plan: Plan, options: RunOptions, steps: int, ref_path: str) -> 
 
 
 def verify_plan(plan: Plan, steps: int, options: RunOptions | None = None, *, timeout_s: float = 300.0) -> VerifyResult:
-    options = options or RunOptions()
+    # Local gloo processes share this machine's CPU (one GPU cannot host several NCCL ranks).
+    options = dataclasses.replace(options or RunOptions(), device="cpu")
     t0 = time.monotonic()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny models: intra-op threads only spin against the ranks (and other jobs)
