@@ -11,6 +11,7 @@ import threading
 
 import pytest
 import torch
+import torch._dynamo  # noqa: F401  DDP imports it lazily (~5 s per forked rank): once, in the parent
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 

@@ -14,6 +14,7 @@ difference of the final held-out loss; the numbers planner/compression.py ACCURA
 from __future__ import annotations
 
 import torch
+import torch._dynamo  # noqa: F401  DDP imports it lazily (~5 s per forked rank): once, in the parent
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
