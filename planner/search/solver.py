@@ -109,6 +109,8 @@ class _Search:
         self.records: list[CandidateRecord] = []
         self.best_keys: list[float] = []  # max-heap (negated) of the k best keys
         self.floors: list[tuple[float, ComputeGroup]] = []
+        self.min_peak: tuple[float, str] = (float("inf"), "")
+        """Smallest peak memory of an even split seen (for the message when nothing fits)."""
         self.t0 = time.perf_counter()
 
     # ------------------------------------------------------------------ helpers
@@ -159,10 +161,15 @@ class _Search:
                 f"{self.cap / GiB:.1f} GiB capacity")
 
     def evaluate(self, config: ParallelConfig, lb_s: float) -> CandidateRecord:
-        """Estimate the even split; if it does not fit, look for a split with recompute layers that does."""
-        est = self.estimate(config)
+        """Estimate the even split; if it does not fit (the cheap memory half says so, no estimate made), look
+        for a split with full-recompute layers that does and estimate that."""
+        est = self.cm.memory(config)
+        if est.peak_memory_bytes < self.min_peak[0]:
+            self.min_peak = (est.peak_memory_bytes, config.name)
         if est.fits:
-            return self.add(CandidateRecord(config.name, "ok", config, est, lower_bound_s=lb_s))
+            est = self.estimate(config)
+            return self.add(CandidateRecord(config.name, "ok" if est.fits else "infeasible", config, est,
+                                            lower_bound_s=lb_s, reason="" if est.fits else self._does_not_fit(est)))
         problem = self._problem(config)
         part = solve_greedy(problem, quick=True)
         self.stats.partitions_greedy += 1
@@ -174,10 +181,10 @@ class _Search:
                 exact = part.status == "infeasible"
             if not part.feasible:
                 if not exact:
-                    return self.add(CandidateRecord(config.name, "pruned", config, est, lower_bound_s=lb_s, reason=(
+                    return self.add(CandidateRecord(config.name, "pruned", config, lower_bound_s=lb_s, reason=(
                         f"bound: even split does not fit and lower bound {lb_s:.3f} s cannot beat the top "
                         f"{self.opt.top_k}")))
-                return self.add(CandidateRecord(config.name, "infeasible", config, est, lower_bound_s=lb_s,
+                return self.add(CandidateRecord(config.name, "infeasible", config, lower_bound_s=lb_s,
                                                 reason=f"{self._does_not_fit(est)}; no layer split with full-"
                                                        "recompute layers fits"))
         split = self._with_split(config, part)
@@ -372,12 +379,12 @@ class _Search:
                 f"no configuration that fits was found within the time limit of {self.opt.time_limit_s:g} s "
                 f"({self.stats.unexplored} of {self.stats.enumerated} configurations unexplored); raise --time-limit "
                 "or pin dimensions with --fix")
-        evaluated = [r for r in self.records if r.estimate is not None]
-        if evaluated:
-            r = min(evaluated, key=lambda r: r.estimate.peak_memory_bytes)
+        if self.min_peak[1]:
+            peak, name = self.min_peak
             return InfeasibleError(
                 f"{m.name} does not fit on {c.world_size} x {c.device.name} at any degree: the smallest peak memory "
-                f"is {r.estimate.peak_memory_bytes / GiB:.1f} GiB per device ({r.name}) > {self.cap / GiB:.1f} GiB")
+                f"is {peak / GiB:.1f} GiB per device ({name}, and no layer split with full-recompute layers fits) "
+                f"> {self.cap / GiB:.1f} GiB")
         floor, g = min(self.floors, key=lambda t: t[0])
         return InfeasibleError(
             f"{m.name} does not fit on {c.world_size} x {c.device.name} at any degree: even {_group_name(g)[:-2]} "
