@@ -100,6 +100,18 @@ def rows_bound(space: SearchSpace, capacity_bytes: float, g: ComputeGroup, pins:
     return lbs
 
 
+_SCHEDULE_ORDER = {"1f1b": 0, "gpipe": 1, "interleaved": 2, "zbv": 3}
+_RECOMPUTE_ORDER = {"none": 0, "selective": 1, "full": 2}
+
+
+def simplicity(c: ParallelConfig) -> tuple:
+    """Tie-break between equally fast candidates: the one with less machinery (lower ZeRO stage, plain sync, no
+    compression, 1F1B, fewer chunks, no SP, less recomputation, even split) is easier to run and to debug."""
+    return (c.zero_stage, c.grad_sync != "allreduce", c.compression != "none", _SCHEDULE_ORDER[c.schedule],
+            c.virtual_stages, c.sequence_parallel, _RECOMPUTE_ORDER[c.recompute], sum(c.stage_recompute_layers),
+            bool(c.stage_layers))
+
+
 class _Search:
     def __init__(self, space: SearchSpace, cm: Any, options: SearchOptions,
                  progress: Callable[[int, int, SearchStats], None] | None):
@@ -272,9 +284,9 @@ class _Search:
         for r in self.records:
             if r.status == "ok":
                 cur = best.get(r.base_name)
-                if cur is None or (r.key, r.name) < (cur.key, cur.name):
+                if cur is None or (r.key, simplicity(r.config), r.name) < (cur.key, simplicity(cur.config), cur.name):
                     best[r.base_name] = r
-        return sorted(best.values(), key=lambda r: (r.key, r.name))
+        return sorted(best.values(), key=lambda r: (r.key, simplicity(r.config), r.name))
 
     # ------------------------------------------------------------------ driver
     def _group_pins(self, g: ComputeGroup, schedules: list, syncs: list[SyncOption]) -> dict[int, Any]:
