@@ -61,7 +61,7 @@ def profile_machine(model_path: Path, out: Path, reuse: bool) -> Path:
     parts = []
     for world, tps in ((2, "1,2"), (4, "1,2,4")):
         lay, lnk = out / f"layers{world}.json", out / f"links{world}.json"
-        sh([py, "-m", "profiler", "layers", "--model", str(model_path), "--tp", tps, "--micro-batch", "1,2,4",
+        sh([py, "-m", "profiler", "layers", "--model", str(model_path), "--tp", tps, "--micro-batch", "1,2,4,8", "--sequence-parallel",
             "--concurrency", str(world), "--repeats", "5", "--out", str(lay)], f"profiler layers ({world} ranks)")
         sh([py, "-m", "profiler", "links", "--nproc", str(world), "--max-bytes", "16MiB", "--repeats", "5",
             "--out", str(lnk)], f"profiler links ({world} ranks)")
@@ -100,7 +100,7 @@ def plan(model_path: Path, profile: Path, world: int, fixes: dict[str, int], out
     for k, v in full.items():
         cmd += ["--fix", f"{k}={v}"]
     summary = json.loads(sh(cmd, f"planner search (world {world}, {name})"))
-    summary["plan_path"] = str(d / "plan.json")
+    summary["plan_path"] = summary.get("plan_file") or str(d / "plan.json")
     summary["world"] = world
     summary["label"] = name
     return summary

@@ -42,13 +42,16 @@ def _install_slowdown(models, factor: float) -> None:
 
 
 def _train_worker(plan_path: str, steps: int, slow_stage: int | None = None, slow_factor: float = 1.0,
-                  ckpt_dir: str | None = None, resume: bool = False, save: bool = False) -> dict:
-    """One rank: build the engine, optionally resume, run ``steps`` steps; step times and F/B records."""
+                  ckpt_dir: str | None = None, resume: bool = False, save: bool = False,
+                  trace: str | None = None) -> dict:
+    """One rank: build the engine, optionally resume, run ``steps`` steps; returns the step times and, with
+    ``trace``, writes the measured timeline with the runtime's own recorder (runtime/trace.py)."""
     import torch.distributed as dist
 
     from planner.plan import Plan
     from runtime import checkpoint
     from runtime.engine import Engine
+    from runtime.trace import TimelineRecorder, write_trace
 
     plan = Plan.load(plan_path)
     eng = Engine(plan)
@@ -56,17 +59,21 @@ def _train_worker(plan_path: str, steps: int, slow_stage: int | None = None, slo
         checkpoint.load(eng, checkpoint.latest(ckpt_dir))
     if slow_stage is not None and eng.topo.pp_rank == slow_stage:
         _install_slowdown(eng.local_models(), slow_factor)
-    times, records = [], []
-    for _ in range(steps):
+    dist.barrier()
+    recorder = TimelineRecorder(dist.get_rank(), time.perf_counter())
+    times = []
+    for step in range(steps):
         res = eng.train_step()
         times.append(res.step_time_s)
-        rec = [list(r) for r in eng.timer.records] if eng.timer is not None else []
-        records.append({"fb": rec, "sync": list(getattr(eng, "last_sync_span", ())),
-                        "opt": list(getattr(eng, "last_opt_span", ()))})
+        if trace and eng.timer is not None:
+            recorder.add_step(step, list(eng.timer.records), getattr(eng, "last_sync_span", None),
+                              getattr(eng, "last_opt_span", None))
+    if trace:
+        write_trace(trace, recorder, plan=plan.config.name)
     if save:
         checkpoint.save(eng, ckpt_dir)
     dist.barrier()
-    return {"rank": dist.get_rank(), "times": times, "records": records}
+    return {"rank": dist.get_rank(), "times": times}
 
 
 def launch(plan_path: str, world: int, steps: int, **kw) -> list[dict]:
@@ -86,26 +93,6 @@ def measure_plan(plan_path: str, world: int, steps: int, warmup: int, repeats: i
     return statistics.median(step_time(launch(plan_path, world, steps, **kw), warmup) for _ in range(repeats))
 
 
-def write_trace(per_rank: list[dict], path: Path, plan_name: str) -> None:
-    """The measured run as a trace in the shared schema (planner/trace_schema.py), one process per rank."""
-    from planner.trace_schema import TraceBuilder, save
-
-    origin = min(r["records"][0]["fb"][0][3] for r in per_rank if r["records"] and r["records"][0]["fb"])
-    tb = TraceBuilder("measured", plan=plan_name)
-    for r in per_rank:
-        for step in r["records"]:
-            for kind, chunk, mb, a, b in step["fb"]:
-                tb.add(r["rank"], "compute", f"{kind}{chunk}.{mb}", (a - origin) * 1e6, (b - a) * 1e6, chunk=chunk,
-                       microbatch=mb, kind=kind)
-            if step["sync"]:
-                a, b = step["sync"]
-                tb.add(r["rank"], "dp", "grad sync", (a - origin) * 1e6, (b - a) * 1e6, kind="S")
-            if step["opt"]:
-                a, b = step["opt"]
-                tb.add(r["rank"], "compute", "optimizer", (a - origin) * 1e6, (b - a) * 1e6, kind="O")
-    save(path, tb.to_dict())
-
-
 def rebalance_demo(model_path: Path, profile: Path, cluster: Path, out: Path, steps: int, warmup: int, repeats: int,
                    factor: float, global_batch: int) -> None:
     """Slow pipeline stage 0, measure, rebalance from the measured trace, resume under the new plan."""
@@ -118,11 +105,9 @@ def rebalance_demo(model_path: Path, profile: Path, cluster: Path, out: Path, st
            "--fix", "dp=1", "--fix", "tp=1", "--fix", "pp=2", "--fix", "schedule=1f1b", "--time-limit", "20"]
     _run(cmd)
     plan_path, ckpt = str(d / "plan" / "plan.json"), str(d / "ckpt")
-    runs = [launch(plan_path, 2, steps, slow_stage=0, slow_factor=factor, ckpt_dir=ckpt, save=(i == 0))
-            for i in range(repeats)]
+    runs = [launch(plan_path, 2, steps, slow_stage=0, slow_factor=factor, ckpt_dir=ckpt, save=(i == 0),
+                   trace=str(d / "measured_trace.json") if i == 0 else None) for i in range(repeats)]
     before = statistics.median(step_time(r, warmup) for r in runs)
-    name = json.loads(Path(plan_path).read_text())["name"]
-    write_trace(runs[0], d / "measured_trace.json", name)
     _run([py, "-m", "planner", "rebalance", "--plan", plan_path, "--measured", str(d / "measured_trace.json"),
           "--profile", str(profile), "--out", str(d / "rebalanced_plan.json")])
     new_path = str(d / "rebalanced_plan.json")
