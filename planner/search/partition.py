@@ -27,6 +27,8 @@ from planner.search.partition_problem import PartitionProblem, evaluate
 from planner.search.partition_result import PartitionResult
 
 DEFAULT_TIME_LIMIT_S = 2.0
+PHASE2_SHARE = 0.25
+"""Most of a solve's time limit the tie-break phase may use: it only makes the split neater."""
 
 
 def _build(p: PartitionProblem) -> tuple:
@@ -131,7 +133,7 @@ def solve_cpsat(p: PartitionProblem, *, time_limit_s: float = DEFAULT_TIME_LIMIT
         name = "optimal" if status == cp_model.OPTIMAL else "feasible"
         layers = tuple(solver.Value(v) for v in n)
         rec = tuple(solver.Value(v) for v in r)
-        left = time_limit_s - (time.perf_counter() - t0)
+        left = min(time_limit_s - (time.perf_counter() - t0), PHASE2_SHARE * time_limit_s)
         if left > 0.01:  # phase 2: same makespan, neatest split
             model.Add(primary <= best)
             _hint(model, p, n, r, bounds, layers, rec)

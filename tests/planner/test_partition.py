@@ -164,6 +164,10 @@ def test_partition_agrees_with_the_cost_model(model: str, gpus: int, schedule: s
     assert est.fits
     ticks = evaluate(p, r.stage_layers, r.stage_recompute_layers).chunk_ticks
     for c, t in enumerate(est.chunk_times_s):  # each layer's time was rounded to the nearest tick
-        assert abs(t - ticks[c] * p.tick_s) <= (r.stage_layers[c] + 2) * p.tick_s
+        slack = (r.stage_layers[c] + 2) * p.tick_s
+        if schedule == "zbv":  # B also waits for TP collectives the deferred W no longer hides: never less
+            assert ticks[c] * p.tick_s - slack <= t <= ticks[c] * p.tick_s * 1.02 + slack
+        else:
+            assert abs(t - ticks[c] * p.tick_s) <= slack
     for s in est.memory_by_stage:
         assert abs(s.total_bytes - r.rank_bytes[s.pp_rank]) <= 1e-6 * s.total_bytes + 64
