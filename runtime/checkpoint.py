@@ -21,7 +21,7 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -65,8 +65,12 @@ def latest(root: str | Path) -> Path | None:
     return found[-1][1] if found else None
 
 
-def save(engine, root: str | Path) -> Path:
-    """Collective: every rank of the job calls it after the same optimizer step."""
+def save(engine, root: str | Path, before_commit: Callable[[], None] | None = None) -> Path:
+    """Collective: every rank of the job calls it after the same optimizer step.
+
+    ``before_commit`` runs on every rank after the data is written and before the checkpoint is
+    committed (the fault-injection point ``checkpoint`` of runtime.faults); the commit waits for
+    every rank to come back from it, so a rank lost there leaves no committed checkpoint."""
     step = engine.step_count
     final = step_dir(root, step)
     tmp = Path(root) / f".{final.name}.partial"
@@ -77,6 +81,9 @@ def save(engine, root: str | Path) -> Path:
     state = {**model_state(engine.chunks), **optimizer_state(engine.chunks, engine.optimizer)}
     dcp.save(state, checkpoint_id=str(tmp))
     _barrier()
+    if before_commit is not None:
+        before_commit()
+        _barrier()
     if _rank() == 0:
         atomic_write_json(tmp / META_NAME, {
             "kind": META_KIND, "version": META_VERSION, "step": step, "data": engine.loader.state_dict(),

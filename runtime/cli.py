@@ -89,8 +89,19 @@ def _options(args):
 
 
 def _init_from_torchrun(plan) -> None:
+    """init_process_group from torchrun's environment, on a store prefixed by the restart attempt.
+
+    Why the prefix: under ``torchrun --max-restarts`` the workers of every attempt share the agent's
+    TCPStore, and torch 2.13 keys the default group's rendezvous without the attempt, so a restarted
+    gloo group can read the dead attempt's addresses and fail ("connectFullMesh ... Connection
+    refused"), intermittently. Keys under ``hybridplan/attempt_N/`` cannot collide.
+    """
+    from datetime import timedelta
+
     import torch
     import torch.distributed as dist
+
+    from runtime import faults
 
     backend = plan.cluster.backend
     if backend == "nccl" and not torch.cuda.is_available():
@@ -98,7 +109,15 @@ def _init_from_torchrun(plan) -> None:
         backend = "gloo"
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
-    dist.init_process_group(backend)
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+                          is_master=not agent_store and rank == 0, timeout=timedelta(seconds=300))
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    store = dist.PrefixStore(f"hybridplan/attempt_{attempt}", store)
+    # a blocked collective fails after HYBRIDPLAN_COLLECTIVE_TIMEOUT_S (default 300 s), not torch's 30 min
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world,
+                            timeout=faults.process_group_timeout(faults.timeout_s_from_env()))
 
 
 def _train(args) -> int:

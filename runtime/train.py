@@ -1,5 +1,11 @@
 """The training loop of one rank: steps, logging, checkpoints, resume, measured trace, metrics.
 
+Faults (runtime.faults, issue 9): every step runs inside a ``CollectiveWatchdog`` operation
+(``HYBRIDPLAN_COLLECTIVE_TIMEOUT_S``), so a rank that stops responding is named instead of hanging
+the job; ``HYBRIDPLAN_FAULT`` injection points are ``step`` (before step index N, 0-based: N steps
+completed) and ``checkpoint`` (after the data of the checkpoint after step N is written, before it
+is committed).
+
 Logged on rank 0 every ``log_every`` steps: loss, gradient norm, step time, tokens/s and, per model
 chunk, the forward / backward (/ weight-gradient) time summed over the step's micro-batches (the max
 over the ranks that run that chunk). ``metrics_path`` receives every step's record as JSON.
@@ -17,7 +23,7 @@ import torch.distributed as dist
 
 from planner.io import atomic_write_json
 from planner.plan import Plan
-from runtime import checkpoint
+from runtime import checkpoint, faults
 from runtime.engine import Engine, RunOptions, StepResult
 from runtime.trace import TimelineRecorder, write_trace
 
@@ -72,34 +78,47 @@ def train(plan: Plan, options: RunOptions, tc: TrainConfig) -> list[StepResult]:
             step = checkpoint.load(engine, path)
             if _rank0():
                 log.info("resumed from %s (step %d, next sample %d)", path, step, engine.loader.position)
+    injector = faults.FaultInjector.from_env(engine.topo.rank)
+    watchdog = (faults.CollectiveWatchdog.for_default_group()
+                if dist.is_initialized() and dist.get_world_size() > 1 else None)
     recorder = None
     results: list[StepResult] = []
     records: list[dict] = []
-    trace_from = max(engine.step_count, tc.steps - tc.trace_steps)
-    while engine.step_count < tc.steps:
-        if tc.trace_path and recorder is None and engine.step_count >= trace_from:
-            if dist.is_initialized():
-                dist.barrier()
-            recorder = TimelineRecorder(engine.topo.rank, time.perf_counter())
-        r = engine.train_step()
-        results.append(r)
-        if recorder is not None:
-            recorder.add_step(r.step, engine.timer.records if engine.timer else [], engine.last_sync_span,
-                              engine.last_opt_span)
-        if r.step % tc.log_every == 0 or r.step == tc.steps:
-            times = stage_times(engine, r)
-            records.append({**asdict(r), "stage_times_s": times, "tokens_per_s": r.tokens / r.step_time_s})
-            if _rank0():
-                log.info(_format(r, times))
-        due = tc.checkpoint_every and r.step % tc.checkpoint_every == 0
-        if tc.checkpoint_dir and (due or r.step == tc.steps):
-            path = checkpoint.save(engine, tc.checkpoint_dir)
-            if _rank0():
-                log.info("checkpoint %s", path)
-    if tc.trace_path and recorder is not None:
-        out = write_trace(tc.trace_path, recorder, plan=plan.config.name, world_size=plan.config.world_size)
-        if out is not None:
-            log.info("trace %s", out)
-    if tc.metrics_path and _rank0():
-        atomic_write_json(tc.metrics_path, {"plan": plan.config.name, "steps": records})
+    try:
+        trace_from = max(engine.step_count, tc.steps - tc.trace_steps)
+        while engine.step_count < tc.steps:
+            if tc.trace_path and recorder is None and engine.step_count >= trace_from:
+                if dist.is_initialized():
+                    dist.barrier()
+                recorder = TimelineRecorder(engine.topo.rank, time.perf_counter())
+            injector.at("step", engine.step_count)
+            if watchdog is not None:
+                with watchdog.op(f"step {engine.step_count + 1}"):
+                    r = engine.train_step()
+            else:
+                r = engine.train_step()
+            results.append(r)
+            if recorder is not None:
+                recorder.add_step(r.step, engine.timer.records if engine.timer else [], engine.last_sync_span,
+                                  engine.last_opt_span)
+            if r.step % tc.log_every == 0 or r.step == tc.steps:
+                times = stage_times(engine, r)
+                records.append({**asdict(r), "stage_times_s": times, "tokens_per_s": r.tokens / r.step_time_s})
+                if _rank0():
+                    log.info(_format(r, times))
+            due = tc.checkpoint_every and r.step % tc.checkpoint_every == 0
+            if tc.checkpoint_dir and (due or r.step == tc.steps):
+                path = checkpoint.save(engine, tc.checkpoint_dir,
+                                       before_commit=lambda: injector.at("checkpoint", engine.step_count))
+                if _rank0():
+                    log.info("checkpoint %s", path)
+        if tc.trace_path and recorder is not None:
+            out = write_trace(tc.trace_path, recorder, plan=plan.config.name, world_size=plan.config.world_size)
+            if out is not None:
+                log.info("trace %s", out)
+        if tc.metrics_path and _rank0():
+            atomic_write_json(tc.metrics_path, {"plan": plan.config.name, "steps": records})
+    finally:
+        if watchdog is not None:
+            watchdog.close()
     return results
