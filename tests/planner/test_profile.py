@@ -69,7 +69,7 @@ def test_version_mismatch_is_one_line_spec_error(tmp_path):
     (lambda d: d["collectives"][0].update(time_s=0.0), "time_s > 0"),
     (lambda d: d["blocks"][0].update(forward_s=10**400), "forward_s must be a finite number"),
     (lambda d: d["blocks"][0].update(sequence_parallel="no"), "sequence_parallel must be true or false"),
-    (lambda d: d["models"].update(bad="x"), "models\[.bad.\]"),
+    (lambda d: d["models"].update(bad="x"), r"models\[.bad.\]"),
     (lambda d: d.update(blocks="x"), "blocks must be a list"),
 ])
 def test_malformed_profiles_are_refused(tmp_path, mutate, msg):
