@@ -14,9 +14,11 @@ The same lists serve three readers: the runtime executes them, the cost model si
   ``pp - r - 1`` warm-up forwards, then alternates one forward and one backward.
 * ``interleaved``: Megatron interleaved 1F1B with v chunks per rank (Narayanan et al. 2021 Sec 2.2.2),
   the virtual-microbatch order of Megatron-LM ``forward_backward_pipelining_with_interleaving``.
-* ``zbv``: zero-bubble V schedule (Qi et al. 2024, "Zero Bubble Pipeline Parallelism", ZB-V): 2 chunks per
-  rank in a V, backward split into B and W; built here by the paper's rules (B before F, forwards capped
-  at the 1F1B activation budget of 2pp chunk-microbatches, W fills otherwise idle slots) on unit times.
+* ``zbv``: zero-bubble V schedule (Qi et al. 2024, "Zero Bubble Pipeline Parallelism", Sec 6): 2 chunks per
+  rank in a V, backward split into B (input gradient) and W (weight gradient); the per-rank order of torch's
+  ``ScheduleZBVZeroBubble`` (which the runtime runs): warm-up forwards down the V, then one F-B-W round per
+  chunk and micro-batch, W deferred in the cool-down. At most 2 pp chunk-microbatches in flight per rank
+  (1F1B's peak); with equal F, B, W times the makespan is (6 m + pp - 1) chunk-actions.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from planner.errors import ConfigError, SpecError
 from planner.parallel_config import ParallelConfig
 
 KINDS = ("F", "B", "W")
+SPLIT_BACKWARD_SCHEDULES = frozenset({"zbv"})
+"""Schedules whose backward is two actions, B (input gradient) and W (weight gradient)."""
 _KIND_INDEX = {"F": 0, "B": 1, "W": 2}
 
 
@@ -189,60 +193,68 @@ def _interleaved(r: int, p: int, v: int, m: int) -> tuple[Action, ...]:
 
 
 def _zbv(p: int, m: int) -> tuple[tuple[Action, ...], ...]:
-    """ZB-V by list scheduling on unit times (Qi et al. 2024 Sec 4): at each step every rank runs one
-    ready action, preferring B, then F while fewer than 2p chunk-microbatches are in flight (the 1F1B
-    activation budget), then the oldest pending W. Ties go to the chunk nearer the loss."""
-    c_total = 2 * p
-    rank_of = [ParallelConfig.chunk_to_pp_rank(c, p, "zbv") for c in range(c_total)]
-    done: dict[tuple[int, str, int], int] = {}
-    next_f = [0] * c_total
-    next_b = [0] * c_total
-    pending_w: list[list[tuple[int, int]]] = [[] for _ in range(p)]
-    inflight = [0] * p
-    out: list[list[Action]] = [[] for _ in range(p)]
-    remaining = 3 * c_total * m
-    t = 0
-    while remaining:
-        chosen: list[tuple[int, Action]] = []
-        for r in range(p):
-            mine = (r, c_total - 1 - r)
-            cands_b = [Action(c, "B", next_b[c]) for c in mine if next_b[c] < m and _zb_ready(c, "B", next_b[c], done, t, c_total)]
-            cands_f = [Action(c, "F", next_f[c]) for c in mine if next_f[c] < m and _zb_ready(c, "F", next_f[c], done, t, c_total)]
-            act = None
-            if cands_b:
-                act = min(cands_b, key=lambda a: (a.microbatch, -a.chunk))
-            elif cands_f and inflight[r] < 2 * p:
-                act = min(cands_f, key=lambda a: (a.microbatch, -a.chunk))
-            elif pending_w[r]:
-                c, i = pending_w[r].pop(0)
-                act = Action(c, "W", i)
-            if act is not None:
-                chosen.append((r, act))
-        if not chosen:
-            raise SpecError("zbv construction stalled")  # cannot happen for valid p, m
-        for r, a in chosen:
-            out[r].append(a)
-            done[(a.chunk, a.kind, a.microbatch)] = t
-            if a.kind == "F":
-                next_f[a.chunk] += 1
-                inflight[r] += 1
-            elif a.kind == "B":
-                next_b[a.chunk] += 1
-                pending_w[r].append((a.chunk, a.microbatch))
-            else:
-                inflight[r] -= 1
-            remaining -= 1
-        t += 1
-    assert all(rank_of[a.chunk] == r for r in range(p) for a in out[r])
-    return tuple(tuple(x) for x in out)
+    """ZB-V (Qi et al. 2024 Sec 6, Fig. 8), in the per-rank order torch's ``ScheduleZBVZeroBubble`` runs
+    (``_calculate_single_rank_operations``), so the cost model simulates what the runtime executes.
 
+    Rank r holds chunk ``c0 = r`` (going down the V) and ``c1 = 2p - 1 - r`` (coming back up). With
+    n = max(m, 2p - 1) micro-batches (torch pads to fill the V, then drops the padding):
 
-def _zb_ready(c: int, kind: str, i: int, done: dict, t: int, c_total: int) -> bool:
-    if kind == "F":
-        return c == 0 or done.get((c - 1, "F", i), t) < t
-    if c == c_total - 1:
-        return done.get((c, "F", i), t) < t
-    return done.get((c + 1, "B", i), t) < t
+    1. warm-up: 2(p - r) - 1 forwards of c0; r pairs (F c1, F c0); p - r triples (F c1, B c1, W c1);
+    2. steady state, one micro-batch per round: F c0 (while any left), B c0, W c0, F c1, B c1, W c1;
+    3. cool-down: r pairs (B c0, B c1) with their W deferred; p - r pairs (B c0, oldest W c0); then every
+       deferred W of c1, then of c0.
+
+    Rank r has at most 2p chunk-microbatches of activations in flight (its warm-up holds 2p - r - 1 of c0
+    and r + 1 of c1 before its first W), the 1F1B budget the paper keeps (Sec 6: same peak memory as
+    1F1B); with equal F, B and W times the steady state has no idle slot.
+    """
+    n = max(m, 2 * p - 1)
+    out = []
+    for r in range(p):
+        c0, c1 = r, 2 * p - 1 - r
+        acts: list[Action] = []
+        f0 = f1 = b0 = b1 = 0
+
+        def add(c: int, kind: str, i: int) -> None:
+            acts.append(Action(c, kind, i))
+
+        for _ in range(2 * (p - r) - 1):
+            add(c0, "F", f0)
+            f0 += 1
+        for _ in range(r):
+            add(c1, "F", f1)
+            add(c0, "F", f0)
+            f1, f0 = f1 + 1, f0 + 1
+        for _ in range(p - r):
+            add(c1, "F", f1)
+            add(c1, "B", b1)
+            add(c1, "W", b1)
+            f1, b1 = f1 + 1, b1 + 1
+        while f1 < f0 or f0 < n:
+            if f0 < n:
+                add(c0, "F", f0)
+                f0 += 1
+            add(c0, "B", b0)
+            add(c0, "W", b0)
+            add(c1, "F", f1)
+            add(c1, "B", b1)
+            add(c1, "W", b1)
+            b0, f1, b1 = b0 + 1, f1 + 1, b1 + 1
+        w0, w1 = b0, b1
+        for _ in range(r):
+            add(c0, "B", b0)
+            add(c1, "B", b1)
+            b0, b1 = b0 + 1, b1 + 1
+        for _ in range(p - r):
+            add(c0, "B", b0)
+            add(c0, "W", w0)
+            b0, w0 = b0 + 1, w0 + 1
+        acts.extend(Action(c1, "W", i) for i in range(w1, b1))
+        acts.extend(Action(c0, "W", i) for i in range(w0, b0))
+        if not (f0 == b0 == n and f1 == b1 == n):  # cannot happen: the loops above balance by construction
+            raise SpecError(f"zbv construction for rank {r}: {f0}/{b0} and {f1}/{b1} of {n} micro-batches")
+        out.append(tuple(a for a in acts if a.microbatch < m))
+    return tuple(out)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -73,9 +73,8 @@ def assemble(cm, config: ParallelConfig) -> Estimate:
     rank_of_c = rank_list.__getitem__
 
     pp, v, m = config.pp, config.virtual_stages, config.num_micro_batches
-    split = config.schedule == "zbv"
     f = tuple(c[0] for c in chunks)
-    w = tuple(c[2] for c in chunks) if split else (0.0,) * len(chunks)
+    w = tuple(c[2] for c in chunks)  # 0 unless the schedule splits the backward
     b = tuple(c[1] - wi for c, wi in zip(chunks, w))
     p2p = _p2p_s(cm, config)
     n_chunks = len(chunks)

@@ -62,6 +62,9 @@ class BlockTime:
     """Added backward time under full recompute (the whole forward re-run, collectives included)."""
     bwd_weight_s: float = 0.0
     """Weight-gradient part of bwd_compute_s (the W action of split-backward schedules)."""
+    tp_bwd_split_extra_s: float = 0.0
+    """Backward TP communication that a split backward exposes in B: the share tp_bwd_s hides behind the
+    weight-gradient matmul, which a zero-bubble schedule defers to W (see ``block_time``)."""
 
     @property
     def fwd_s(self) -> float:
@@ -79,7 +82,7 @@ class BlockTime:
 
     def astuple(self) -> tuple[float, ...]:
         return (self.fwd_compute_s, self.bwd_compute_s, self.tp_fwd_s, self.tp_bwd_s, self.ep_fwd_s, self.ep_bwd_s,
-                self.selective_extra_s, self.full_extra_s, self.bwd_weight_s)
+                self.selective_extra_s, self.full_extra_s, self.bwd_weight_s, self.tp_bwd_split_extra_s)
 
 
 ZERO = BlockTime(0.0, 0.0)
@@ -131,10 +134,13 @@ def block_time(block: Block, sh: Shape, hw: Hardware, comm, *, flash_attention: 
     core_ew_f = elementwise_time_s(T * s * block.ew_core_per_seq / t, hw)
     launch = eff.KERNELS_PER_BLOCK_FWD * eff.KERNEL_LAUNCH_S
     fwd = gemm_f + core_f + expert_f + ew_f + launch
-    bwd_weight = gemm_f + expert_f  # the weight-gradient matmuls: as many FLOPs as the forward
+    # split backward (Qi et al. 2024 Table 1): W = the weight-gradient matmuls, as many FLOPs as the forward
+    # matmuls (24 b s h^2 per layer); B = the rest: input-gradient matmuls (as many again), the attention-core
+    # backward (8 b s^2 h), elementwise backward and collectives. A matmul-heavy block splits about in half.
+    bwd_weight = gemm_f + expert_f
     bwd = 2 * (gemm_f + expert_f) + core_b + eff.BACKWARD_ELEMENTWISE_FACTOR * ew_f + 2 * launch
     # --- TP collectives: each moves T x h x dtype bytes per rank
-    tp_f = tp_b = 0.0
+    tp_f = tp_b = tp_split_extra = 0.0
     if t > 1 and block.tp_collectives:
         msg = T * sh.hidden * sh.dtype_bytes
         if sh.sequence_parallel:
@@ -145,10 +151,16 @@ def block_time(block: Block, sh: Shape, hw: Hardware, comm, *, flash_attention: 
         # backward: the conjugate collectives, plus with SP the re-all-gather of the sharded input the
         # weight-gradient matmul needs (Korthikanti et al. 2022 Sec 4.2.2), part hidden behind that matmul
         sp_extra = comm("all_gather", msg, "tp") * block.tp_collectives if sh.sequence_parallel else 0.0
-        tp_b = (tp_f + sp_extra) * (1.0 - eff.TP_COMM_OVERLAP_BWD)
+        tp_b_all = tp_f + sp_extra
+        tp_b = tp_b_all * (1.0 - eff.TP_COMM_OVERLAP_BWD)
+        # split backward (zbv): B holds the input-gradient matmul only; the weight-gradient matmul that hides
+        # TP_COMM_OVERLAP_BWD of the collectives runs later as W, so B waits for all of them
+        tp_b_split = tp_b_all
         if tp_comm_overlap:  # userbuffers / TE comm-GEMM overlap: hidden behind the block's matmuls
             tp_f = max(0.0, tp_f - gemm_f)
             tp_b = max(0.0, tp_b - 2 * gemm_f)
+            tp_b_split = max(0.0, tp_b_all - gemm_f)  # only the input-gradient matmul is in B
+        tp_split_extra = max(0.0, tp_b_split - tp_b)
     # --- EP all-to-all: dispatch + combine in forward, their gradients in backward
     ep_f = ep_b = 0.0
     if block.a2a_bytes and sh.ep > 1:
@@ -158,7 +170,8 @@ def block_time(block: Block, sh: Shape, hw: Hardware, comm, *, flash_attention: 
     selective = (core_f + core_ew_f) if not flash_attention else 0.0
     full = fwd + tp_f + ep_f
     return BlockTime(fwd_compute_s=fwd, bwd_compute_s=bwd, tp_fwd_s=tp_f, tp_bwd_s=tp_b, ep_fwd_s=ep_f,
-                     ep_bwd_s=ep_b, selective_extra_s=selective, full_extra_s=full, bwd_weight_s=bwd_weight)
+                     ep_bwd_s=ep_b, selective_extra_s=selective, full_extra_s=full, bwd_weight_s=bwd_weight,
+                     tp_bwd_split_extra_s=tp_split_extra)
 
 
 def profiled_block_time(analytic: BlockTime, measured: tuple[float, float], recompute_s: float | None) -> BlockTime:
@@ -168,4 +181,5 @@ def profiled_block_time(analytic: BlockTime, measured: tuple[float, float], reco
     ratio = f / analytic.fwd_s if analytic.fwd_s > 0 else 1.0
     return BlockTime(fwd_compute_s=f, bwd_compute_s=b, selective_extra_s=analytic.selective_extra_s * ratio,
                      full_extra_s=recompute_s if recompute_s is not None else f,
-                     bwd_weight_s=min(b, analytic.bwd_weight_s * ratio))
+                     bwd_weight_s=min(b, analytic.bwd_weight_s * ratio),
+                     tp_bwd_split_extra_s=analytic.tp_bwd_split_extra_s * ratio)

@@ -11,6 +11,7 @@ look-ups, two cached pipeline simulations and a handful of formulas.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from functools import lru_cache
@@ -26,6 +27,7 @@ from planner.cost.types import BREAKDOWN_WORDS, Estimate, MemoryEstimate, Partit
 from planner.layer_graph import Block, LayerGraph, layer_graph
 from planner.model_spec import ModelSpec
 from planner.parallel_config import ParallelConfig
+from planner.schedules import SPLIT_BACKWARD_SCHEDULES
 
 log = logging.getLogger(__name__)
 
@@ -148,8 +150,16 @@ class CostModel:
             return analytic
         return profiled_block_time(analytic, measured, rec)
 
+    def _scheduled_block_time(self, block: Block, config: ParallelConfig) -> BlockTime:
+        """``block_time`` as the schedule runs it: a split backward (zbv) waits in B for the TP collectives the
+        deferred weight-gradient matmul no longer hides (compute.block_time, ``tp_bwd_split_extra_s``)."""
+        bt = self.block_time(block, config)
+        if config.schedule in SPLIT_BACKWARD_SCHEDULES and bt.tp_bwd_split_extra_s:
+            bt = dataclasses.replace(bt, tp_bwd_s=bt.tp_bwd_s + bt.tp_bwd_split_extra_s, tp_bwd_split_extra_s=0.0)
+        return bt
+
     def _layer_times(self, config: ParallelConfig) -> list[BlockTime]:
-        return [self.block_time(lt.attention, config).plus(self.block_time(lt.ffn, config))
+        return [self._scheduled_block_time(lt.attention, config).plus(self._scheduled_block_time(lt.ffn, config))
                 for lt in self.graph.layer_types]
 
     @staticmethod
@@ -161,11 +171,13 @@ class CostModel:
         return chunk_ranges(self.model.num_layers, config.num_chunks, tuple(config.stage_layers))
 
     def _chunks(self, config: ParallelConfig):
-        """Per chunk: (fwd_s, bwd_s incl. recompute, weight-grad part, BlockTime sum, recompute extra);
+        """Per chunk: (fwd_s, bwd_s incl. recompute, weight-grad part (0 unless the schedule splits the
+        backward), BlockTime sum, recompute extra);
         cached on what it depends on (not dp, ZeRO, grad sync), which the search varies most."""
         key = (config.micro_batch_size, config.seq_len, config.tp, config.sequence_parallel, config.ep,
                config.recompute, config.num_chunks, tuple(config.stage_layers), tuple(config.stage_recompute_layers),
-               group_layout(config.degrees, "ep", self.cluster.devices_per_node) if self.model.is_moe else ())
+               group_layout(config.degrees, "ep", self.cluster.devices_per_node) if self.model.is_moe else (),
+               config.schedule in SPLIT_BACKWARD_SCHEDULES)
         got = self._chunk_cache.get(key)
         if got is None:
             got = self._chunks_uncached(config)
@@ -176,10 +188,11 @@ class CostModel:
 
     def _chunks_uncached(self, config: ParallelConfig):
         lts = self._layer_times(config)
-        emb = self.block_time(self.graph.embedding, config)
-        head = self.block_time(self.graph.head, config)
+        emb = self._scheduled_block_time(self.graph.embedding, config)
+        head = self._scheduled_block_time(self.graph.head, config)
         ranges = self.ranges(config)
         full_layers = config.stage_recompute_layers or (0,) * len(ranges)
+        split = config.schedule in SPLIT_BACKWARD_SCHEDULES
         out = []
         last = len(ranges) - 1
         for c, (a, b) in enumerate(ranges):
@@ -193,7 +206,7 @@ class CostModel:
                 total = total.plus(emb)
             if c == last:
                 total = total.plus(head)
-            out.append((total.fwd_s, total.bwd_s + extra, total.bwd_weight_s, total, extra))
+            out.append((total.fwd_s, total.bwd_s + extra, total.bwd_weight_s if split else 0.0, total, extra))
         return out
 
     # ------------------------------------------------------------------ memory
@@ -334,8 +347,8 @@ class CostModel:
         types = [self.graph.type_of_layer(i) for i in range(L)]
         per_type_time = [bt.fwd_s + bt.bwd_s + self._extra(bt, config.recompute) for bt in lts]
         per_type_full = [bt.full_extra_s - self._extra(bt, config.recompute) for bt in lts]
-        emb = self.block_time(self.graph.embedding, config)
-        head = self.block_time(self.graph.head, config)
+        emb = self._scheduled_block_time(self.graph.embedding, config)
+        head = self._scheduled_block_time(self.graph.head, config)
         mem_est = self._memory(config)
         emb_static = sum(self._static(self.graph.embedding, config))
         head_static = sum(self._static(self.graph.head, config))

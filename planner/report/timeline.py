@@ -72,12 +72,11 @@ def chunk_durations(cm: Any, config: ParallelConfig) -> tuple[list[ChunkParts], 
     Reads the cost model's per-chunk terms (``CostModel._chunks``: fwd, bwd + recompute, weight-grad part,
     BlockTime sum, recompute extra) and its p2p price (``assemble._p2p_s``).
     """
-    split = config.schedule == "zbv"
     parts = []
     for fwd, bwd, w, bt, extra in cm._chunks(config):
         parts.append(ChunkParts(fwd_compute_s=bt.fwd_compute_s, tp_fwd_s=bt.tp_fwd_s, ep_fwd_s=bt.ep_fwd_s,
                                 recompute_s=extra, bwd_compute_s=bt.bwd_compute_s, tp_bwd_s=bt.tp_bwd_s,
-                                ep_bwd_s=bt.ep_bwd_s, weight_grad_s=w if split else 0.0))
+                                ep_bwd_s=bt.ep_bwd_s, weight_grad_s=w))
     return parts, _p2p_s(cm, config), not cm.options.pp_comm_overlap and config.pp > 1
 
 

@@ -58,6 +58,20 @@ def test_tp_collectives_per_block_narayanan_sec_3_2():
     assert sorted(c[0] for c in calls) == ["all_gather", "all_gather", "reduce_scatter"]
 
 
+def test_split_backward_w_is_the_weight_gradient_matmuls_and_b_exposes_their_tp_overlap():
+    # Qi et al. 2024 Table 1: W = the weight-gradient matmuls (as many FLOPs as the forward matmuls), B = the
+    # input-gradient matmuls plus the rest; a matmul-heavy block splits about in half
+    b = Block(kind="mlp", params=0, gemm_flops=2 * 3 * 8192 * 28672, ew_rep=100.0, ew_tp=50.0, tp_collectives=1,
+              gemm_width=2 * 28672)
+    sh = Shape(micro_batch=1, seq_len=4096, tp=8, sequence_parallel=False, ep=1, dtype_bytes=2, hidden=8192)
+    bt = block_time(b, sh, HW, lambda op, nbytes, axis: 1e-3, flash_attention=True)
+    w, b_input = bt.bwd_weight_s, bt.bwd_compute_s - bt.bwd_weight_s
+    assert 0.45 < w / bt.bwd_compute_s <= 0.5 and b_input >= w
+    # TP_COMM_OVERLAP_BWD of the backward all-reduce hides behind the weight-gradient matmul; split, B waits
+    assert bt.tp_bwd_s == pytest.approx(1e-3 * (1 - eff.TP_COMM_OVERLAP_BWD))
+    assert bt.tp_bwd_s + bt.tp_bwd_split_extra_s == pytest.approx(1e-3)
+
+
 def test_ep_all_to_all_dispatch_and_combine():
     calls = []
 

@@ -108,3 +108,23 @@ def test_mixtral_ep_and_zbv_and_grad_sync_variants_run():
     ps = cm.estimate(cfg.replace(grad_sync="ps", overlap_grad_reduce=False))
     ring = cm.estimate(cfg.replace(overlap_grad_reduce=False))
     assert ps.breakdown["dp_sync_exposed"] > ring.breakdown["dp_sync_exposed"]
+
+
+def test_zbv_prices_a_smaller_bubble_than_1f1b():
+    # the issue's case: llama3.1-70b, 64 H100s, tp 8 pp 4 dp 2, 16 micro-batches of 16 x 8192 tokens
+    from planner.model_presets import resolve_model
+
+    cm = CostModel(resolve_model("llama3.1-70b").replace(seq_len=8192), resolve_cluster("dgx-h100", gpus=64))
+    base = ParallelConfig(dp=2, tp=8, pp=4, micro_batch_size=16, global_batch_size=512, seq_len=8192)
+    one = cm.estimate(base)
+    zbv = cm.estimate(base.replace(schedule="zbv", virtual_stages=2))
+    bubble = {k: e.breakdown["pp_bubble"] / e.step_time_s for k, e in (("1f1b", one), ("zbv", zbv))}
+    assert bubble["zbv"] < bubble["1f1b"] / 4 and zbv.step_time_s < one.step_time_s
+    # same compute, B + W = the whole backward (the busiest rank differs: zbv's rank 0 holds embedding and head,
+    # 1F1B's last rank the head alone, hence 1%); zbv's B also waits for the TP collectives W no longer hides
+    assert zbv.breakdown["compute"] == pytest.approx(one.breakdown["compute"], rel=1e-2)
+    assert zbv.breakdown["tp_comm"] > one.breakdown["tp_comm"]
+    # activation memory of the 1F1B budget: every zbv rank holds 2 pp chunk-microbatches of half-stage chunks,
+    # the p micro-batches of 1F1B's first stage (1F1B rank 1 holds p - 1; its layers equal zbv rank 1's)
+    assert zbv.memory_by_stage[1].activations_bytes == pytest.approx(
+        one.memory_by_stage[1].activations_bytes * 4 / 3, rel=1e-9)

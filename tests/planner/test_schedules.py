@@ -59,6 +59,60 @@ def test_zbv_has_almost_no_bubble_with_equal_f_b_w():
     assert tl.bubble_fraction() < 0.05 < onef1b.bubble_fraction()
 
 
+@pytest.mark.parametrize("p", [2, 3, 4, 6, 8])
+def test_zbv_bubble_is_far_below_1f1b_with_equal_stage_times(p):
+    # Qi et al. 2024 Sec 6: with T_F = T_B = T_W the V schedule's only idle time is the (p - 1) chunk
+    # forwards before the last rank's first action: makespan (6 m + p - 1) t, against 1F1B's (m + p - 1)(3 t)
+    # for the same per-rank work (a stage = 2 chunks)
+    for m in range(2 * p, 4 * p + 1):
+        n = 2 * p
+        zb = simulate(build_schedule("zbv", p, m, 2), [1.0] * n, [1.0] * n, [1.0] * n, 0.0)
+        ref = simulate(build_schedule("1f1b", p, m), [2.0] * p, [4.0] * p, [0.0] * p, 0.0)
+        assert zb.makespan_s == pytest.approx(6 * m + p - 1)
+        assert zb.bubble_fraction() == pytest.approx((p - 1) / (6 * m + p - 1))
+        assert zb.bubble_fraction() < ref.bubble_fraction() / 4
+
+
+def test_zbv_order_is_torchs_schedule_zbv_zero_bubble():
+    # torch.distributed.pipelining ScheduleZBVZeroBubble._calculate_single_rank_operations, p = 2, m = 4:
+    # rank 0 (chunks 0 and 3): 3 warm-up forwards of chunk 0; 2 x (F, B, W) of chunk 3; steady rounds; cool-down
+    s = build_schedule("zbv", 2, 4, 2)
+    cells = [f"{a.kind}{a.chunk}.{a.microbatch}" for a in s.actions[0]]
+    assert cells == ("F0.0 F0.1 F0.2 F3.0 B3.0 W3.0 F3.1 B3.1 W3.1 F0.3 B0.0 W0.0 F3.2 B3.2 W3.2 "
+                     "B0.1 W0.1 F3.3 B3.3 W3.3 B0.2 W0.2 B0.3 W0.3").split()
+    # rank 1 (chunks 1 and 2): 1 forward of chunk 1, one (F2, F1) pair, then (F, B, W) of chunk 2
+    assert [f"{a.kind}{a.chunk}.{a.microbatch}" for a in s.actions[1][:6]] == "F1.0 F2.0 F1.1 F2.1 B2.0 W2.0".split()
+
+
+@pytest.mark.parametrize("p", [2, 3, 4, 5, 8])
+def test_zbv_is_valid_deadlock_free_and_keeps_the_1f1b_activation_budget(p):
+    for m in sorted({p, p + 1, 2 * p - 1, 2 * p, 3 * p + 1}):
+        s = build_schedule("zbv", p, m, 2)
+        s.validate()  # every action once, on its chunk's rank, and runs to completion (no deadlock)
+        assert s.split_backward and Schedule.from_csv(s.to_csv()) == s
+        for r in range(p):
+            held = peak_inflight(s, r)
+            assert set(held) <= {r, 2 * p - 1 - r}
+            # Qi et al. 2024 Sec 6: at most 2p chunk-microbatches (half-stage chunks), the peak of 1F1B's first
+            # stage (p micro-batches of a whole stage); reached once the V is full (m >= 2p - 1)
+            assert sum(held.values()) <= 2 * p
+            if m >= 2 * p - 1:
+                assert sum(held.values()) == 2 * p
+        assert sum(inflight_per_chunk("zbv", p, 2, m)[c] for c in (0, 2 * p - 1)) <= 2 * p
+
+
+@settings(max_examples=25, deadline=None)
+@given(p=st.integers(2, 6), extra=st.integers(0, 10), seed=st.lists(st.floats(0.2, 3.0), min_size=6, max_size=6),
+       p2p=st.sampled_from([0.0, 0.1]))
+def test_zbv_runs_to_completion_with_any_durations(p, extra, seed, p2p):
+    n = 2 * p
+    f = [seed[c % 6] for c in range(n)]
+    b = [seed[(c + 2) % 6] for c in range(n)]
+    w = [seed[(c + 4) % 6] for c in range(n)]
+    tl = simulate(build_schedule("zbv", p, p + extra, 2), f, b, w, p2p)  # raises SpecError on a deadlock
+    assert tl.makespan_s >= max(tl.busy_s(r) for r in range(p))
+
+
 def test_p2p_latency_delays_dependent_actions():
     s = build_schedule("1f1b", 2, 2)
     a = simulate(s, [1.0, 1.0], [1.0, 1.0], [0.0, 0.0], 0.0).makespan_s
