@@ -113,13 +113,18 @@ def _world_max(values: list[float], device: torch.device) -> list[float]:
 
 
 def run_sweep(sweep: LinkSweep, per_node: int, device: torch.device) -> list[CollectiveSample]:
-    """Collective samples of every (level, group size, op, size); identical list on every rank."""
+    """Collective samples of every (level, group size, op, size); identical list on every rank.
+
+    Repeats are taken in rounds (one timed repeat of every (op, size) per round), so load drift on a
+    shared machine spreads over all sizes instead of bending one part of the curve.
+    """
     world, rank = dist.get_world_size(), dist.get_rank()
     samples: list[CollectiveSample] = []
     for level, g, groups in group_layouts(world, per_node):
         handles = [dist.new_group(ranks) for ranks in groups]  # every rank creates every group, same order
         mine = next(i for i, ranks in enumerate(groups) if rank in ranks)
         ranks, group = groups[mine], handles[mine]
+        cases = []
         for op in sweep.ops:
             if op == "send_recv" and g != 2:
                 continue
@@ -129,18 +134,20 @@ def run_sweep(sweep: LinkSweep, per_node: int, device: torch.device) -> list[Col
                 for _ in range(sweep.warmup):
                     dist.barrier()
                     warm.append(time_call_s(fn, device))
-                per_call = _world_max([min(warm)], device)[0]
+                per_call = _world_max([min(warm) if warm else 1e-3], device)[0]
                 inner = int(min(64, max(1, math.ceil(sweep.min_repeat_ms / 1000.0 / max(per_call, 1e-9)))))
-                times = []
-                for _ in range(sweep.repeats):
-                    dist.barrier()
-                    times.append(time_call_s(fn, device, inner))
-                synchronize(device)
-                for t in _world_max(times, device):
-                    if op == "send_recv":
-                        t /= 2.0  # ping-pong round trip -> one-way
-                    samples.append(CollectiveSample(op=op, group_size=g, link_level=level, nbytes=float(nbytes),
-                                                    time_s=max(t, 1e-9), concurrency=per_node))
+                cases.append((op, nbytes, fn, inner, []))
+        for _ in range(sweep.repeats):
+            for op, nbytes, fn, inner, times in cases:
+                dist.barrier()
+                times.append(time_call_s(fn, device, inner))
+        synchronize(device)
+        for op, nbytes, fn, inner, times in cases:
+            for t in _world_max(times, device):
+                if op == "send_recv":
+                    t /= 2.0  # ping-pong round trip -> one-way
+                samples.append(CollectiveSample(op=op, group_size=g, link_level=level, nbytes=float(nbytes),
+                                                time_s=max(t, 1e-9), concurrency=per_node))
     return samples
 
 
