@@ -115,8 +115,8 @@ def _world_max(values: list[float], device: torch.device) -> list[float]:
 def run_sweep(sweep: LinkSweep, per_node: int, device: torch.device) -> list[CollectiveSample]:
     """Collective samples of every (level, group size, op, size); identical list on every rank.
 
-    Repeats are taken in rounds (one timed repeat of every (op, size) per round), so load drift on a
-    shared machine spreads over all sizes instead of bending one part of the curve.
+    Repeats are taken in rounds (one timed repeat of every size of an op per round), so load drift on a
+    shared machine spreads over the whole curve instead of bending one part of it.
     """
     world, rank = dist.get_world_size(), dist.get_rank()
     samples: list[CollectiveSample] = []
@@ -124,10 +124,10 @@ def run_sweep(sweep: LinkSweep, per_node: int, device: torch.device) -> list[Col
         handles = [dist.new_group(ranks) for ranks in groups]  # every rank creates every group, same order
         mine = next(i for i, ranks in enumerate(groups) if rank in ranks)
         ranks, group = groups[mine], handles[mine]
-        cases = []
         for op in sweep.ops:
             if op == "send_recv" and g != 2:
                 continue
+            cases = []  # one op at a time: its buffers of every size live together (memory bound)
             for size in sweep.sizes():
                 fn, nbytes = _op_fn(op, size, ranks, group, device)
                 warm = []
@@ -136,18 +136,18 @@ def run_sweep(sweep: LinkSweep, per_node: int, device: torch.device) -> list[Col
                     warm.append(time_call_s(fn, device))
                 per_call = _world_max([min(warm) if warm else 1e-3], device)[0]
                 inner = int(min(64, max(1, math.ceil(sweep.min_repeat_ms / 1000.0 / max(per_call, 1e-9)))))
-                cases.append((op, nbytes, fn, inner, []))
-        for _ in range(sweep.repeats):
-            for op, nbytes, fn, inner, times in cases:
-                dist.barrier()
-                times.append(time_call_s(fn, device, inner))
-        synchronize(device)
-        for op, nbytes, fn, inner, times in cases:
-            for t in _world_max(times, device):
-                if op == "send_recv":
-                    t /= 2.0  # ping-pong round trip -> one-way
-                samples.append(CollectiveSample(op=op, group_size=g, link_level=level, nbytes=float(nbytes),
-                                                time_s=max(t, 1e-9), concurrency=per_node))
+                cases.append((nbytes, fn, inner, []))
+            for _ in range(sweep.repeats):
+                for nbytes, fn, inner, times in cases:
+                    dist.barrier()
+                    times.append(time_call_s(fn, device, inner))
+            synchronize(device)
+            for nbytes, fn, inner, times in cases:
+                for t in _world_max(times, device):
+                    if op == "send_recv":
+                        t /= 2.0  # ping-pong round trip -> one-way
+                    samples.append(CollectiveSample(op=op, group_size=g, link_level=level, nbytes=float(nbytes),
+                                                    time_s=max(t, 1e-9), concurrency=per_node))
     return samples
 
 
