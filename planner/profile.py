@@ -46,6 +46,7 @@ from planner.profile_records import (BLOCK_KINDS, COLLECTIVE_OPS, EXTRAPOLATION_
                                      PROFILE_KIND, SCHEMA_VERSION, BlockRecord, CollectiveSample, DeviceRate,
                                      ProfileHeader, _check_record, _from_row)
 
+
 @dataclass(frozen=True)
 class Profile:
     """Measured block times and collective curves; see the module docstring for the file and lookups."""
@@ -110,7 +111,11 @@ class Profile:
         if isinstance(model, str):
             return {model}
         want = _arch(model.to_dict())
-        return {name for name, d in self.models.items() if _arch(d) == want} | {getattr(model, "name", "")}
+        names = {name for name, d in self.models.items() if _arch(d) == want}
+        name = getattr(model, "name", "")
+        if name not in self.models:  # no architecture recorded under that name: trust the name
+            names.add(name)
+        return names
 
     def _interpolate(self, kind: str, tp: int, mb: int, seq: int, sp: bool, model: Any, dtype: str | None,
                      value) -> tuple[float, ...] | None:
@@ -270,7 +275,7 @@ class Profile:
 
 def _arch(spec: dict) -> dict:
     """The parts of a ModelSpec dict that change a block's cost (not its name, depth or default length)."""
-    return {k: v for k, v in spec.items() if k not in ("name", "num_layers", "seq_len")}
+    return {k: v for k, v in spec.items() if k not in ("name", "num_layers", "seq_len", "notes")}
 
 
 def _piecewise_linear(points: list[tuple[int, tuple[float, ...]]], x: float) -> tuple[float, ...] | None:

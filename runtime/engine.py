@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from planner.plan import Plan
 from runtime.data import BatchLoader, make_source
-from runtime.data_parallel import replicated_over_dp, set_grad_sync, wrap_chunk
+from runtime.data_parallel import allreduce_grads, replicated_over_dp, set_grad_sync, uses_manual_sync, wrap_chunk
 from runtime.grads import finalize_grads, unwrap
 from runtime.mesh import Topology, build_topology
 from runtime.model import ChunkSpec, ModelChunk, build_chunk, torch_dtype
@@ -138,6 +138,8 @@ class Engine:
         self.optimizer.zero_grad(set_to_none=True)
         if self.pipeline is not None:
             local = self.pipeline.step(inputs, labels)
+            if uses_manual_sync(cfg):
+                allreduce_grads(self.chunks, self.topo.dp_group, cfg.bucket_size_bytes)
         else:
             local = self._forward_backward_local(inputs, labels)
         t_sync = time.perf_counter()

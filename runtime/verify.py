@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from planner.plan import Plan
+from runtime.data_parallel import check_supported
 from runtime.engine import Engine, RunOptions
 from runtime.local_launch import run_ranks
 from runtime.reference import run_reference
@@ -71,6 +72,7 @@ def _rank_worker(plan: Plan, options: RunOptions, steps: int, ref_path: str) -> 
 def verify_plan(plan: Plan, steps: int, options: RunOptions | None = None, *, timeout_s: float = 300.0) -> VerifyResult:
     # Local gloo processes share this machine's CPU (one GPU cannot host several NCCL ranks).
     options = dataclasses.replace(options or RunOptions(), device="cpu")
+    check_supported(plan.config, plan.model.is_moe)  # one line now, not one per rank later
     t0 = time.monotonic()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny models: intra-op threads only spin against the ranks (and other jobs)

@@ -106,6 +106,9 @@ def test_block_lookup_prefers_same_seq_and_filters_model():
     assert p.block_time_s("attention", 1, 1, 64, False)[0] == 1.0
     assert p.block_time_s("attention", 1, 1, 64, False, model=resolve_model("tiny-llama"))[0] == 1.0
     assert p.block_time_s("attention", 1, 1, 64, False, model="other") is None
+    # same name, another architecture (a wider model): not this profile's blocks
+    wider = resolve_model("tiny-llama").replace(hidden_size=128)
+    assert p.block_time_s("attention", 1, 1, 64, False, model=wider) is None
     two = _profile(blocks=(_block(), _block(model="m2")))
     with pytest.raises(SpecError, match="several models"):
         two.block_time_s("attention", 1, 1, 64, False)

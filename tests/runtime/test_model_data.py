@@ -125,3 +125,14 @@ def test_moe_with_zero_is_refused_up_front() -> None:
     cfg = make_plan("tiny-moe", dp=2, zero_stage=1).config
     with pytest.raises(ConfigError, match="ZeRO .* with MoE layers is not supported"):
         check_supported(cfg, is_moe=True)
+
+
+def test_zbv_with_zero3_is_refused_up_front() -> None:
+    from runtime.data_parallel import check_supported
+
+    cfg = make_plan("tiny-llama", dp=2, pp=2, schedule="zbv", virtual_stages=2, micro_batch_size=1,
+                    zero_stage=3).config
+    with pytest.raises(ConfigError, match="zbv with ZeRO-3"):
+        check_supported(cfg, is_moe=False)
+    with pytest.raises(ConfigError, match="zbv's split backward"):
+        check_supported(cfg.replace(zero_stage=0, compression="fp16"), is_moe=False)
