@@ -18,23 +18,6 @@ except ImportError:  # pragma: no cover
     _compression = None
 
 
-def _p2p_s(cm, config: ParallelConfig) -> float:
-    """One stage-to-stage activation transfer (Narayanan et al. 2021 Sec 3.2: b s h per micro-batch);
-    with the scatter/gather optimisation each TP rank sends 1/t over the network and the receivers
-    all-gather it over NVLink (Sec 4.1)."""
-    if config.pp <= 1:
-        return 0.0
-    m = cm.model
-    nbytes = config.micro_batch_size * config.seq_len * m.hidden_size * m.dtype_bytes
-    t = config.tp
-    if t > 1 and (config.sequence_parallel or cm.options.pp_scatter_gather):
-        gather = 0.0 if config.sequence_parallel else cm.comm.time_s("all_gather", nbytes, t, min(t, cm.cluster.devices_per_node))
-        nbytes /= t
-    else:
-        gather = 0.0
-    return cm.comm.p2p_s(nbytes, config.degrees) + gather
-
-
 def _rank_params(cm, config: ParallelConfig) -> list[tuple[float, float]]:
     """(dense elements, expert elements) on one rank of each pipeline rank."""
     g = cm.graph
@@ -67,34 +50,19 @@ def assemble(cm, config: ParallelConfig) -> Estimate:
         _compression.check_combination(config.grad_sync, config.compression)
     elif config.compression != "none" and config.grad_sync != "allreduce" and config.compression not in ("fp16", "bf16"):
         raise ConfigError(f"compression {config.compression} needs grad_sync allreduce")
-    chunks = cm._chunks(config)
-
-    rank_list = [ParallelConfig.chunk_to_pp_rank(c, config.pp, config.schedule) for c in range(len(chunks))]
-    rank_of_c = rank_list.__getitem__
-
+    dur = cm._durations(config)
+    chunks = dur.chunks
+    rank_of = dur.chunk_rank
     pp, v, m = config.pp, config.virtual_stages, config.num_micro_batches
-    f = tuple(c[0] for c in chunks)
-    w = tuple(c[2] for c in chunks)  # 0 unless the schedule splits the backward
-    b = tuple(c[1] - wi for c, wi in zip(chunks, w))
-    p2p = _p2p_s(cm, config)
-    n_chunks = len(chunks)
-    blocking = not cm.options.pp_comm_overlap and pp > 1
-    send_f = [p2p if c < n_chunks - 1 and rank_of_c(c + 1) != rank_of_c(c) else 0.0 for c in range(n_chunks)]
-    send_b = [p2p if c > 0 and rank_of_c(c - 1) != rank_of_c(c) else 0.0 for c in range(n_chunks)]
-    if blocking:  # blocking sends: a chunk's forward ends after sending its output, its backward after the grad
-        fs = tuple(x + y for x, y in zip(f, send_f))
-        bs = tuple(x + y for x, y in zip(b, send_b))
-        res = makespan(config.schedule, pp, v, m, fs, bs, w, 0.0)
-    else:
-        res = makespan(config.schedule, pp, v, m, f, b, w, p2p)
-    rank_of = rank_list
+    f, b, w, edge_p2p = dur.simulation_inputs()
+    res = makespan(config.schedule, pp, v, m, f, b, w, edge_p2p)
     busy = [0.0] * pp
     last_bwd = [0.0] * pp
     first_fwd = [0.0] * pp
     for c, ch in enumerate(chunks):
-        busy[rank_of[c]] += m * (ch[0] + ch[1])
-        last_bwd[rank_of[c]] += ch[1]
-        first_fwd[rank_of[c]] += ch[0]
+        busy[rank_of[c]] += m * ch.total_s
+        last_bwd[rank_of[c]] += ch.b_s + ch.w_s
+        first_fwd[rank_of[c]] += ch.f_s
     crit = max(range(pp), key=lambda r: busy[r])
 
     # --- DP gradient sync, per pipeline rank, from its finish time
@@ -141,18 +109,17 @@ def assemble(cm, config: ParallelConfig) -> Estimate:
     # --- breakdown on the busiest rank
     comp = rec = tp = ep = 0.0
     for c, ch in enumerate(chunks):
-        if rank_of[c] != crit:
-            continue
-        bt, extra = ch[3], ch[4]
-        comp += bt.fwd_compute_s + bt.bwd_compute_s
-        rec += extra
-        tp += bt.tp_fwd_s + bt.tp_bwd_s
-        ep += bt.ep_fwd_s + bt.ep_bwd_s
+        if rank_of[c] == crit:
+            comp += ch.fwd_compute_s + ch.bwd_compute_s
+            rec += ch.recompute_s
+            tp += ch.tp_fwd_s + ch.tp_bwd_s
+            ep += ch.ep_fwd_s + ch.ep_bwd_s
     comp, rec, tp, ep = comp * m, rec * m, tp * m, ep * m
-    if blocking:  # the busiest rank's own sends, every micro-batch
-        pp_comm = m * sum(send_f[c] + send_b[c] for c in range(n_chunks) if rank_of[c] == crit)
+    send_f, send_b = dur.sends()
+    if dur.p2p_blocking:  # the busiest rank's own sends, every micro-batch
+        pp_comm = m * dur.p2p_s * sum(send_f[c] + send_b[c] for c in range(len(chunks)) if rank_of[c] == crit)
     else:  # asynchronous sends: only the fill and drain hops of the pipeline wait for the network
-        pp_comm = 2 * sum(1 for c in range(n_chunks - 1) if rank_of_c(c + 1) != rank_of_c(c)) * p2p
+        pp_comm = 2 * sum(send_f) * dur.p2p_s
     pp_comm = min(pp_comm, max(0.0, res.makespan_s - busy[crit]))
     bubble = max(0.0, res.makespan_s - busy[crit] - pp_comm)
     breakdown = {"compute": comp, "recompute": rec, "tp_comm": tp, "ep_comm": ep, "pp_comm": pp_comm,
@@ -179,5 +146,5 @@ def assemble(cm, config: ParallelConfig) -> Estimate:
         tokens_per_s_per_gpu=config.global_batch_size * config.seq_len / step / world,
         peak_memory_bytes=memory.peak_memory_bytes, capacity_bytes=memory.capacity_bytes, fits=memory.fits,
         memory_by_stage=memory.memory_by_stage, breakdown=breakdown,
-        chunk_times_s=tuple(ch[0] + ch[1] for ch in chunks), bottleneck=bottleneck_words(breakdown),
+        chunk_times_s=tuple(ch.total_s for ch in chunks), bottleneck=bottleneck_words(breakdown),
         notes=tuple(notes))

@@ -22,6 +22,7 @@ from planner.collectives import Collectives, group_layout
 from planner.cost import efficiency as eff
 from planner.cost import memory as mem
 from planner.cost.compute import ZERO, BlockTime, Hardware, Shape, block_time, profiled_block_time
+from planner.cost.durations import ChunkDurations, PipelineDurations, p2p_s
 from planner.cost.pipeline import inflight_per_chunk, makespan
 from planner.cost.types import BREAKDOWN_WORDS, Estimate, MemoryEstimate, PartitionInputs, StageMemory
 from planner.layer_graph import Block, LayerGraph, layer_graph
@@ -170,10 +171,21 @@ class CostModel:
     def ranges(self, config: ParallelConfig) -> tuple[tuple[int, int], ...]:
         return chunk_ranges(self.model.num_layers, config.num_chunks, tuple(config.stage_layers))
 
-    def _chunks(self, config: ParallelConfig):
-        """Per chunk: (fwd_s, bwd_s incl. recompute, weight-grad part (0 unless the schedule splits the
-        backward), BlockTime sum, recompute extra);
-        cached on what it depends on (not dp, ZeRO, grad sync), which the search varies most."""
+    def pipeline_durations(self, config: ParallelConfig) -> PipelineDurations:
+        """Per model chunk the F / B / W seconds of one micro-batch (by cause: compute, TP, EP, recompute,
+        weight gradient) and the stage-to-stage transfer time: what the pipeline simulation runs on, for the
+        step time here and the predicted timeline / trace in planner/report (planner/cost/durations.py)."""
+        config.validate_for(self.model, self.cluster.world_size)
+        return self._durations(config)
+
+    def _durations(self, config: ParallelConfig) -> PipelineDurations:
+        return PipelineDurations(schedule=config.schedule, pp=config.pp, chunks=self._chunks(config),
+                                 p2p_s=p2p_s(self, config),
+                                 p2p_blocking=not self.options.pp_comm_overlap and config.pp > 1)
+
+    def _chunks(self, config: ParallelConfig) -> tuple[ChunkDurations, ...]:
+        """Per chunk durations, cached on what they depend on (not dp, ZeRO, grad sync: what the search varies
+        most)."""
         key = (config.micro_batch_size, config.seq_len, config.tp, config.sequence_parallel, config.ep,
                config.recompute, config.num_chunks, tuple(config.stage_layers), tuple(config.stage_recompute_layers),
                group_layout(config.degrees, "ep", self.cluster.devices_per_node) if self.model.is_moe else (),
@@ -186,7 +198,7 @@ class CostModel:
             self._chunk_cache[key] = got
         return got
 
-    def _chunks_uncached(self, config: ParallelConfig):
+    def _chunks_uncached(self, config: ParallelConfig) -> tuple[ChunkDurations, ...]:
         lts = self._layer_times(config)
         emb = self._scheduled_block_time(self.graph.embedding, config)
         head = self._scheduled_block_time(self.graph.head, config)
@@ -206,8 +218,11 @@ class CostModel:
                 total = total.plus(emb)
             if c == last:
                 total = total.plus(head)
-            out.append((total.fwd_s, total.bwd_s + extra, total.bwd_weight_s if split else 0.0, total, extra))
-        return out
+            out.append(ChunkDurations(
+                fwd_compute_s=total.fwd_compute_s, tp_fwd_s=total.tp_fwd_s, ep_fwd_s=total.ep_fwd_s,
+                recompute_s=extra, bwd_compute_s=total.bwd_compute_s, tp_bwd_s=total.tp_bwd_s,
+                ep_bwd_s=total.ep_bwd_s, weight_grad_s=total.bwd_weight_s if split else 0.0))
+        return tuple(out)
 
     # ------------------------------------------------------------------ memory
     def memory(self, config: ParallelConfig) -> MemoryEstimate:

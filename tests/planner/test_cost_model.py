@@ -128,3 +128,30 @@ def test_zbv_prices_a_smaller_bubble_than_1f1b():
     # the p micro-batches of 1F1B's first stage (1F1B rank 1 holds p - 1; its layers equal zbv rank 1's)
     assert zbv.memory_by_stage[1].activations_bytes == pytest.approx(
         one.memory_by_stage[1].activations_bytes * 4 / 3, rel=1e-9)
+
+
+def test_pipeline_durations_are_what_the_estimate_simulates():
+    from planner.cost import CostOptions, PipelineDurations
+    from planner.schedules import build_schedule, simulate
+
+    cm = _gpt3()
+    cfg = CFG.replace(global_batch_size=256)  # 32 micro-batches = 2 pp: simulated exactly, no extrapolation
+    dur = cm.pipeline_durations(cfg)
+    est = cm.estimate(cfg)
+    assert isinstance(dur, PipelineDurations) and len(dur.chunks) == cfg.num_chunks and dur.p2p_s > 0
+    assert [ch.total_s for ch in dur.chunks] == pytest.approx(est.chunk_times_s, rel=1e-12)
+    assert all(ch.w_s == 0 for ch in dur.chunks)  # interleaved runs the whole backward as B
+    f, b, w, p2p = dur.simulation_inputs()
+    tl = simulate(build_schedule(cfg.schedule, cfg.pp, cfg.num_micro_batches, cfg.virtual_stages), f, b, w, p2p)
+    pipeline = sum(est.breakdown[k] for k in ("compute", "recompute", "tp_comm", "ep_comm", "pp_comm", "pp_bubble"))
+    assert tl.makespan_s == pytest.approx(pipeline, rel=1e-9)
+    # zbv: W is the weight-gradient part, B + W the whole backward
+    z = cm.pipeline_durations(cfg.replace(schedule="zbv", virtual_stages=2))
+    assert all(0 < ch.w_s < ch.b_s for ch in z.chunks)
+    # blocking sends: the transfer is the tail of the producing action, the edges carry none
+    blocking = CostModel(cm.model, cm.cluster, options=CostOptions(pp_comm_overlap=False)).pipeline_durations(cfg)
+    fb, bb, _, edge = blocking.simulation_inputs()
+    assert blocking.p2p_blocking and edge == 0.0
+    assert fb[0] == pytest.approx(blocking.chunks[0].f_s + blocking.p2p_s) and bb[0] == blocking.chunks[0].b_s
+    with pytest.raises(ConfigError, match="world size"):
+        cm.pipeline_durations(cfg.replace(dp=4))
