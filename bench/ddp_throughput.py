@@ -5,7 +5,9 @@ processes: the runtime (``runtime.engine.Engine`` on a dp-only plan: DDP with th
 global-norm clipping, loss averaged for logging) and a plain loop (``DistributedDataParallel`` with
 torch defaults, ``clip_grad_norm_``, AdamW). Rounds alternate the two (runtime, plain, runtime, ...)
 so load drift on a shared machine hits both; each round times ``--steps`` steps after warm-up.
-Printed: per-round tokens/s, the median of each, and the ratio of medians (bar: >= 0.95).
+Printed: per-round tokens/s and ratio, the median of the per-round ratios (the headline: each ratio
+compares two adjacent windows, so slow drift of a shared machine's load cancels; bar >= 0.95) and,
+for reference, the ratio of the two medians.
 
     python bench/ddp_throughput.py [--model tiny-llama] [--dp 2] [--rounds 7] [--steps 5] [--check]
 """
@@ -83,8 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dp", type=int, default=2)
     p.add_argument("--seq", type=int, default=64)
     p.add_argument("--global-batch", type=int, default=16)
-    p.add_argument("--rounds", type=int, default=7)
-    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=9)
+    p.add_argument("--steps", type=int, default=8)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--check", action="store_true", help=f"exit 1 when the ratio is below {BAR}")
     args = p.parse_args(argv)
@@ -101,9 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     rt, pl = statistics.median(res["runtime"]), statistics.median(res["plain"])
     ratio = rt / pl
     pair = statistics.median(a / b for a, b in zip(res["runtime"], res["plain"]))
-    print(f"median tokens/s: runtime {rt:,.0f}, plain DDP {pl:,.0f}; ratio of medians {ratio:.3f} "
-          f"(median of per-round ratios {pair:.3f}); bar >= {BAR}")
-    return 1 if args.check and ratio < BAR else 0
+    print(f"median tokens/s: runtime {rt:,.0f}, plain DDP {pl:,.0f} (ratio of medians {ratio:.3f})")
+    print(f"throughput ratio runtime / plain DDP (median of {args.rounds} per-round ratios): {pair:.3f}; bar >= {BAR}")
+    return 1 if args.check and pair < BAR else 0
 
 
 if __name__ == "__main__":

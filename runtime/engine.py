@@ -87,6 +87,13 @@ class Engine:
         source = make_source(self.options.data, spec.vocab_size, cfg.seq_len, self.options.seed)
         self.loader = BatchLoader(source, cfg.global_batch_size, cfg.dp, topo.dp_rank)
         self.step_count = 0
+        self.grads_replicated = (cfg.tp == 1 and cfg.pp == 1 and not spec.is_moe
+                                 and not (cfg.dp > 1 and cfg.zero_stage >= 2)
+                                 and cfg.compression == "none" and cfg.grad_sync == "allreduce")
+        """DP-only with plain DDP: every rank ends backward with the same full averaged gradient, so the
+        clipping norm is local (runtime.grads). Hooks are excluded: they need not be bitwise identical
+        across ranks, and a per-rank clip coefficient would let replicas drift apart."""
+        self._loss_work: tuple[torch.Tensor, object] | None = None
         self.origin_s = time.perf_counter()
 
     # --- one optimizer step -------------------------------------------------------------------
@@ -104,28 +111,21 @@ class Engine:
                 out = model(x)
                 loss = self.loss_fn(out, y)
                 t1 = time.perf_counter()
+                losses.append(loss.detach())
+                if j == m - 1 and self.grads_replicated and self.topo.dp_group is not None:
+                    # the global loss is only logged: reduce it in the background of the last backward
+                    total = torch.stack(losses).double().mean()
+                    self._loss_work = (total, dist.all_reduce(total, group=self.topo.dp_group, async_op=True))
                 loss.backward()
                 t2 = time.perf_counter()
             if self.timer is not None:
                 self.timer.records.append(("F", self.chunk_ids[0], j, t0, t1))
                 self.timer.records.append(("B", self.chunk_ids[0], j, t1, t2))
-            losses.append(loss.detach())
         if m > 1:
             for p in model.parameters():
                 if p.grad is not None:
                     p.grad.div_(m)
         return torch.stack(losses).mean()
-
-    def _global_loss(self, local: torch.Tensor | None) -> float:
-        """Mean loss over data-parallel replicas, taken from the last pipeline stage, on every rank."""
-        t = (local.detach().clone() if local is not None
-             else torch.zeros((), dtype=torch.float64, device=self.topo.device)).to(torch.float64)
-        if self.topo.pp_group is not None:
-            dist.all_reduce(t, group=self.topo.pp_group)  # only the last stage contributes
-        if self.topo.dp_group is not None:
-            dist.all_reduce(t, group=self.topo.dp_group)
-            t /= self.plan.config.dp
-        return t.item()
 
     def train_step(self) -> StepResult:
         cfg = self.plan.config
@@ -143,12 +143,21 @@ class Engine:
         else:
             local = self._forward_backward_local(inputs, labels)
         t_sync = time.perf_counter()
-        norm = finalize_grads(self.chunks, self.topo, replicated_over_dp=replicated_over_dp(cfg),
-                              max_norm=self.options.optim.max_grad_norm)
+        # Every rank holding the last chunk has its replica's mean loss (tp copies of each): the world
+        # sum over them, divided by tp x dp, is the mean over data-parallel replicas.
+        work, self._loss_work = self._loss_work, None
+        norm, loss_sum = finalize_grads(self.chunks, self.topo, replicated_over_dp=replicated_over_dp(cfg),
+                                        max_norm=self.options.optim.max_grad_norm,
+                                        loss_share=None if work else local, replicated_everywhere=self.grads_replicated)
         t_opt = time.perf_counter()
         self.optimizer.step()
         t_end = time.perf_counter()
-        loss = self._global_loss(local)
+        if work is not None:
+            work[1].wait()
+            loss_sum = work[0].item()
+        elif self.grads_replicated:
+            loss_sum = float(local) * cfg.dp  # dp = 1 here: the local loss is the loss
+        loss = loss_sum / (cfg.tp * cfg.dp)
         self.step_count += 1
         stage_times: dict[str, float] = {}
         if self.timer is not None:

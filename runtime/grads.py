@@ -92,8 +92,13 @@ def sync_tied_embeddings(chunks: list[nn.Module], topo: Topology) -> None:
 
 @torch.no_grad()
 def finalize_grads(chunks: list[nn.Module], topo: Topology, *, replicated_over_dp: bool,
-                   max_norm: float | None) -> float:
-    """Steps 1-4 of the module docstring on this rank's chunks; returns the global gradient norm."""
+                   max_norm: float | None, loss_share: torch.Tensor | None = None,
+                   replicated_everywhere: bool = False) -> tuple[float, float]:
+    """Steps 1-4 of the module docstring on this rank's chunks. Returns (global gradient norm, sum of
+    ``loss_share`` over all ranks): the loss rides on the norm's all-reduce, so logging the global
+    loss costs no extra collective per step. ``replicated_everywhere``: every rank holds every full
+    gradient (DP-only DDP), so the norm is local, no collective is issued, and the loss share is
+    returned as is (plain DDP + ``clip_grad_norm_`` does the same)."""
     for c in chunks:
         reduce_partial_grads(c)
     models = [unwrap(c) for c in chunks]
@@ -103,23 +108,27 @@ def finalize_grads(chunks: list[nn.Module], topo: Topology, *, replicated_over_d
         for m in models:
             reduce_expert_grads(m, topo.edp_group)
     sync_tied_embeddings(chunks, topo)
-    sq = torch.zeros((), dtype=torch.float64, device=topo.device)
+    counted: dict[torch.dtype, list[torch.Tensor]] = {}
     for c, m in zip(chunks, models):
         skip = {id(registered(m.head.output))} if m.holds_tied_copy else set()
         for p in c.parameters():
             g = local_grad(p)
-            if g is None or id(p) in skip or not counts_in_norm(p, topo, replicated_over_dp):
+            if g is None or id(p) in skip:
                 continue
-            sq += g.double().pow(2).sum()
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(sq)
-    norm = math.sqrt(sq.item())
+            if not replicated_everywhere and not counts_in_norm(p, topo, replicated_over_dp):
+                continue
+            counted.setdefault(g.dtype, []).append(g)
+    both = torch.zeros(2, dtype=torch.float64, device=topo.device)  # [sum of squares, loss share]
+    for grads in counted.values():  # per-tensor norms in one fused call, as clip_grad_norm_ does
+        both[0] += torch.stack(torch._foreach_norm(grads, 2)).double().pow(2).sum()
+    if loss_share is not None:
+        both[1] = loss_share.detach().double()
+    if not replicated_everywhere and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(both)
+    norm = math.sqrt(both[0].item())
     if max_norm is not None and max_norm > 0:
         coef = max_norm / (norm + 1e-6)  # torch.nn.utils.clip_grad_norm_'s formula
         if coef < 1.0:
-            for c in chunks:
-                for p in c.parameters():
-                    g = local_grad(p)
-                    if g is not None:
-                        g.mul_(coef)
-    return norm
+            grads = [g for c in chunks for p in c.parameters() if (g := local_grad(p)) is not None]
+            torch._foreach_mul_(grads, coef)
+    return norm, both[1].item()

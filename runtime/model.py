@@ -24,6 +24,7 @@ works on middle pipeline stages), and the runtime only logs ``aux_loss`` and ``t
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from dataclasses import dataclass
@@ -80,8 +81,10 @@ def make_norm(spec: ModelSpec, dim: int) -> nn.Module:
     return nn.LayerNorm(dim, eps=NORM_EPS) if spec.norm == "layernorm" else RMSNorm(dim)
 
 
+@functools.lru_cache(maxsize=32)
 def rope_cos_sin(seq_len: int, head_dim: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin [S, head_dim/2] for rotary embeddings (Su et al. 2021, eq. 34), computed in float64."""
+    """cos/sin [S, head_dim/2] for rotary embeddings (Su et al. 2021, eq. 34), computed in float64
+    (cached: every layer of every step asks for the same table)."""
     inv = 1.0 / (ROPE_THETA ** (torch.arange(0, head_dim, 2, dtype=torch.float64, device=device) / head_dim))
     ang = torch.outer(torch.arange(seq_len, dtype=torch.float64, device=device), inv)
     return ang.cos().to(dtype), ang.sin().to(dtype)

@@ -10,7 +10,6 @@ compared within the float64 equivalence tolerance (tests/runtime/test_equivalenc
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
