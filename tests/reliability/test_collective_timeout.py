@@ -97,3 +97,30 @@ def test_timeout_from_env(monkeypatch) -> None:
         monkeypatch.setenv(faults.TIMEOUT_ENV, bad)
         with pytest.raises(faults.SpecError, match=faults.TIMEOUT_ENV):
             faults.timeout_s_from_env()
+
+
+def _train_worker(plan_path: str) -> int:
+    from planner.plan import Plan
+    from runtime.engine import RunOptions
+    from runtime.train import TrainConfig, train
+
+    train(Plan.load(plan_path), RunOptions(), TrainConfig(steps=6))
+    return 0
+
+
+def test_runtime_names_a_rank_that_hangs_mid_training(tmp_path) -> None:
+    """Through the real training loop: rank 1 stops responding before step 3; rank 0 is ended by the
+    watchdog with one line naming rank 1 and the step, and exit code 5, instead of waiting for ever."""
+    from tests.reliability.test_kill_resume import write_plan
+
+    write_plan(tmp_path / "plan.json")
+    env = {"HYBRIDPLAN_FAULT": "hang:rank=1:step=2", faults.TIMEOUT_ENV: "1.5"}
+    with pytest.raises(LaunchError) as err:
+        run_ranks(_train_worker, 2, str(tmp_path / "plan.json"), env=env, timeout_s=120)
+    log0 = err.value.logs[0]
+    lines = [l for l in log0.splitlines() if "collective timeout" in l]
+    assert len(lines) == 1, log0[-3000:]
+    assert lines[0].startswith("error: collective timeout: rank 0 waited") and "'step 3'" in lines[0], lines[0]
+    assert "never entered by rank 1 (last: #2 'step 2' (completed))" in lines[0], lines[0]
+    assert f"rank 0 of 2 failed (exit {faults.EXIT_COLLECTIVE_TIMEOUT})" in str(err.value).splitlines()[0]
+    assert "fault injection: hang on rank 1 at step 2" in err.value.logs[1]
