@@ -18,8 +18,16 @@ except ImportError:  # pragma: no cover
     _compression = None
 
 
-def _rank_params(cm, config: ParallelConfig) -> list[tuple[float, float]]:
-    """(dense elements, expert elements) on one rank of each pipeline rank."""
+def _rank_params(cm, config: ParallelConfig) -> tuple[tuple[float, float], ...]:
+    """(dense elements, expert elements) on one rank of each pipeline rank (cached on the CostModel)."""
+    key = (config.tp, config.ep, config.pp, config.schedule, config.num_chunks, config.stage_layers)
+    got = cm._params_cache.get(key)
+    if got is None:
+        got = cm._params_cache[key] = _rank_params_uncached(cm, config)
+    return got
+
+
+def _rank_params_uncached(cm, config: ParallelConfig) -> tuple[tuple[float, float], ...]:
     g = cm.graph
     per_type = []
     for lt in g.layer_types:
@@ -42,7 +50,7 @@ def _rank_params(cm, config: ParallelConfig) -> list[tuple[float, float]]:
         head += cm.model.vocab_size * cm.model.hidden_size / config.tp
     out[0][0] += emb
     out[ParallelConfig.chunk_to_pp_rank(len(ranges) - 1, config.pp, config.schedule)][0] += head
-    return [tuple(x) for x in out]
+    return tuple((x[0], x[1]) for x in out)
 
 
 def assemble(cm, config: ParallelConfig) -> Estimate:
@@ -53,17 +61,13 @@ def assemble(cm, config: ParallelConfig) -> Estimate:
     dur = cm._durations(config)
     chunks = dur.chunks
     rank_of = dur.chunk_rank
+    sums = dur.rank_sums
     pp, v, m = config.pp, config.virtual_stages, config.num_micro_batches
-    f, b, w, edge_p2p = dur.simulation_inputs()
-    res = makespan(config.schedule, pp, v, m, f, b, w, edge_p2p)
-    busy = [0.0] * pp
-    last_bwd = [0.0] * pp
-    first_fwd = [0.0] * pp
-    for c, ch in enumerate(chunks):
-        busy[rank_of[c]] += m * ch.total_s
-        last_bwd[rank_of[c]] += ch.b_s + ch.w_s
-        first_fwd[rank_of[c]] += ch.f_s
-    crit = max(range(pp), key=lambda r: busy[r])
+    res = makespan(config.schedule, pp, v, m, *dur.simulation_inputs())
+    busy = [m * x.work_s for x in sums]
+    last_bwd = [x.bwd_s for x in sums]
+    first_fwd = [x.fwd_s for x in sums]
+    crit = max(range(pp), key=busy.__getitem__)
 
     # --- DP gradient sync, per pipeline rank, from its finish time
     comm = cm._axis_comm(config)
@@ -107,14 +111,8 @@ def assemble(cm, config: ParallelConfig) -> Estimate:
     dp_exposed = end_all - res.makespan_s
 
     # --- breakdown on the busiest rank
-    comp = rec = tp = ep = 0.0
-    for c, ch in enumerate(chunks):
-        if rank_of[c] == crit:
-            comp += ch.fwd_compute_s + ch.bwd_compute_s
-            rec += ch.recompute_s
-            tp += ch.tp_fwd_s + ch.tp_bwd_s
-            ep += ch.ep_fwd_s + ch.ep_bwd_s
-    comp, rec, tp, ep = comp * m, rec * m, tp * m, ep * m
+    top = sums[crit]
+    comp, rec, tp, ep = top.compute_s * m, top.recompute_s * m, top.tp_s * m, top.ep_s * m
     send_f, send_b = dur.sends()
     if dur.p2p_blocking:  # the busiest rank's own sends, every micro-batch
         pp_comm = m * dur.p2p_s * sum(send_f[c] + send_b[c] for c in range(len(chunks)) if rank_of[c] == crit)

@@ -8,6 +8,7 @@ Public entry point: ``CostModel.pipeline_durations(config) -> PipelineDurations`
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 from planner.parallel_config import ParallelConfig
 
@@ -69,31 +70,70 @@ class PipelineDurations:
     p2p_s: float
     p2p_blocking: bool
 
-    @property
+    @cached_property
     def chunk_rank(self) -> tuple[int, ...]:
         """Pipeline rank of each chunk (ParallelConfig.chunk_to_pp_rank)."""
         return tuple(ParallelConfig.chunk_to_pp_rank(c, self.pp, self.schedule) for c in range(len(self.chunks)))
 
-    def sends(self) -> tuple[tuple[bool, ...], tuple[bool, ...]]:
-        """(chunk c's forward output crosses to another rank, chunk c's input gradient does), per chunk."""
+    @cached_property
+    def _sends(self) -> tuple[tuple[bool, ...], tuple[bool, ...]]:
         rank = self.chunk_rank
         n = len(rank)
         fwd = tuple(c < n - 1 and rank[c + 1] != rank[c] for c in range(n))
         bwd = tuple(c > 0 and rank[c - 1] != rank[c] for c in range(n))
         return fwd, bwd
 
-    def simulation_inputs(self) -> tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...], float]:
-        """(f_s, b_s, w_s, p2p_s) as ``simulate`` takes them: with blocking sends each transfer is folded into
-        the action that produces the tensor and the edges carry no delay."""
+    def sends(self) -> tuple[tuple[bool, ...], tuple[bool, ...]]:
+        """(chunk c's forward output crosses to another rank, chunk c's input gradient does), per chunk."""
+        return self._sends
+
+    @cached_property
+    def _simulation_inputs(self) -> tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...], float]:
         f = tuple(ch.f_s for ch in self.chunks)
         b = tuple(ch.b_s for ch in self.chunks)
         w = tuple(ch.w_s for ch in self.chunks)
         if not self.p2p_blocking:
             return f, b, w, self.p2p_s
-        send_f, send_b = self.sends()
+        send_f, send_b = self._sends
         f = tuple(x + (self.p2p_s if s else 0.0) for x, s in zip(f, send_f))
         b = tuple(x + (self.p2p_s if s else 0.0) for x, s in zip(b, send_b))
         return f, b, w, 0.0
+
+    def simulation_inputs(self) -> tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...], float]:
+        """(f_s, b_s, w_s, p2p_s) as ``simulate`` takes them: with blocking sends each transfer is folded into
+        the action that produces the tensor and the edges carry no delay."""
+        return self._simulation_inputs
+
+    @cached_property
+    def rank_sums(self) -> tuple[RankSums, ...]:
+        """Per pipeline rank, the sums over its chunks of one micro-batch's durations."""
+        acc = [[0.0] * 7 for _ in range(self.pp)]
+        for r, ch in zip(self.chunk_rank, self.chunks):
+            a = acc[r]
+            a[0] += ch.total_s
+            a[1] += ch.f_s
+            a[2] += ch.b_s + ch.w_s
+            a[3] += ch.fwd_compute_s + ch.bwd_compute_s
+            a[4] += ch.recompute_s
+            a[5] += ch.tp_fwd_s + ch.tp_bwd_s
+            a[6] += ch.ep_fwd_s + ch.ep_bwd_s
+        return tuple(RankSums(*a) for a in acc)
+
+
+@dataclass(frozen=True)
+class RankSums:
+    """One micro-batch on one pipeline rank (all its chunks), seconds."""
+
+    work_s: float
+    """Forward + backward of all its chunks."""
+    fwd_s: float
+    bwd_s: float
+    """Backward including recompute and W."""
+    compute_s: float
+    """Forward and backward compute (ChunkDurations.fwd_compute_s + bwd_compute_s)."""
+    recompute_s: float
+    tp_s: float
+    ep_s: float
 
 
 def p2p_s(cm, config: ParallelConfig) -> float:

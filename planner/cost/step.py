@@ -103,7 +103,9 @@ class CostModel:
         self.comm = Collectives(cluster, profile)
         self.capacity_bytes = float(cluster.device.memory_bytes) * (1.0 - eff.MEMORY_SAFETY_MARGIN)
         self._block_cache: dict[tuple, BlockTime] = {}
-        self._chunk_cache: dict[tuple, list] = {}
+        self._chunk_cache: dict[tuple, tuple[ChunkDurations, ...]] = {}
+        self._durations_cache: dict[tuple, PipelineDurations] = {}
+        self._params_cache: dict[tuple, tuple[tuple[float, float], ...]] = {}
         self._memory_cache: dict[ParallelConfig, MemoryEstimate] = {}
         self._warned: set[tuple] = set()
 
@@ -178,18 +180,28 @@ class CostModel:
         config.validate_for(self.model, self.cluster.world_size)
         return self._durations(config)
 
+    def _chunk_key(self, config: ParallelConfig) -> tuple:
+        """What the per-chunk durations depend on (not dp, ZeRO, grad sync: what the search varies most)."""
+        return (config.micro_batch_size, config.seq_len, config.tp, config.sequence_parallel, config.ep,
+                config.recompute, config.num_chunks, config.stage_layers, config.stage_recompute_layers,
+                group_layout(config.degrees, "ep", self.cluster.devices_per_node) if self.model.is_moe else (),
+                config.schedule in SPLIT_BACKWARD_SCHEDULES)
+
     def _durations(self, config: ParallelConfig) -> PipelineDurations:
-        return PipelineDurations(schedule=config.schedule, pp=config.pp, chunks=self._chunks(config),
-                                 p2p_s=p2p_s(self, config),
-                                 p2p_blocking=not self.options.pp_comm_overlap and config.pp > 1)
+        key = (self._chunk_key(config), config.schedule, config.pp, config.dp)
+        got = self._durations_cache.get(key)
+        if got is None:
+            got = PipelineDurations(schedule=config.schedule, pp=config.pp, chunks=self._chunks(config),
+                                    p2p_s=p2p_s(self, config),
+                                    p2p_blocking=not self.options.pp_comm_overlap and config.pp > 1)
+            if len(self._durations_cache) > 50_000:
+                self._durations_cache.clear()
+            self._durations_cache[key] = got
+        return got
 
     def _chunks(self, config: ParallelConfig) -> tuple[ChunkDurations, ...]:
-        """Per chunk durations, cached on what they depend on (not dp, ZeRO, grad sync: what the search varies
-        most)."""
-        key = (config.micro_batch_size, config.seq_len, config.tp, config.sequence_parallel, config.ep,
-               config.recompute, config.num_chunks, tuple(config.stage_layers), tuple(config.stage_recompute_layers),
-               group_layout(config.degrees, "ep", self.cluster.devices_per_node) if self.model.is_moe else (),
-               config.schedule in SPLIT_BACKWARD_SCHEDULES)
+        """Per chunk durations, cached on ``_chunk_key``."""
+        key = self._chunk_key(config)
         got = self._chunk_cache.get(key)
         if got is None:
             got = self._chunks_uncached(config)

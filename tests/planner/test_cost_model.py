@@ -155,3 +155,45 @@ def test_pipeline_durations_are_what_the_estimate_simulates():
     assert fb[0] == pytest.approx(blocking.chunks[0].f_s + blocking.p2p_s) and bb[0] == blocking.chunks[0].b_s
     with pytest.raises(ConfigError, match="world size"):
         cm.pipeline_durations(cfg.replace(dp=4))
+
+
+# a sample of real configurations beyond the exactly simulated range: every schedule, uneven chunks, blocking
+# and asynchronous sends, dense and MoE (model, gpus, tp, pp, ep, micro-batch, global batch, schedule, v, options)
+_SAMPLE = [("gpt3-175b", 1024, 8, 16, 1, 1, 1536, "interleaved", 2, None),
+           ("gpt3-175b", 1024, 4, 16, 1, 4, 6144, "interleaved", 4, None),
+           ("gpt3-175b", 1024, 8, 8, 1, 1, 1536, "1f1b", 1, "blocking"),
+           ("gpt3-175b", 1024, 8, 8, 1, 2, 2048, "zbv", 2, None),
+           ("gpt3-175b", 1024, 8, 16, 1, 1, 1024, "gpipe", 1, None),
+           ("llama3.1-70b", 512, 8, 8, 1, 1, 512, "1f1b", 1, None),
+           ("llama3.1-70b", 512, 8, 4, 1, 1, 1024, "interleaved", 5, "blocking"),
+           ("llama3.1-70b", 512, 8, 8, 1, 2, 1024, "zbv", 2, "blocking"),
+           ("llama3.1-70b", 512, 4, 2, 1, 1, 4096, "zbv", 2, None),
+           ("mixtral-8x7b", 64, 2, 4, 8, 1, 256, "1f1b", 1, None),
+           ("mixtral-8x7b", 64, 1, 4, 4, 1, 512, "zbv", 2, None),
+           ("mixtral-8x7b", 64, 2, 2, 4, 2, 1024, "interleaved", 4, None)]
+
+
+@pytest.mark.parametrize("row", _SAMPLE, ids=lambda r: f"{r[0]}-tp{r[2]}-pp{r[3]}-{r[7]}{r[8]}-{r[9] or 'async'}")
+def test_extrapolated_pipeline_is_within_a_tenth_of_a_percent_of_the_full_simulation(row):
+    from planner.cost import CostOptions
+    from planner.cost.pipeline import makespan
+    from planner.cost.schedule_dag import finish_times, schedule_dag
+    from planner.model_presets import resolve_model
+
+    name, gpus, tp, pp, ep, mb, gb, sched, v, opts = row
+    model = resolve_model(name)
+    model = model.replace(seq_len=min(model.seq_len, 4096))
+    cluster = resolve_cluster("dgx-a100-80gb" if name.startswith("gpt3") else "dgx-h100", gpus=gpus)
+    cm = CostModel(model, cluster, options=CostOptions(pp_comm_overlap=opts != "blocking"))
+    cfg = ParallelConfig(dp=gpus // (tp * pp), tp=tp, pp=pp, ep=ep, micro_batch_size=mb, global_batch_size=gb,
+                         seq_len=model.seq_len, schedule=sched, virtual_stages=v, recompute="selective",
+                         sequence_parallel=tp > 1)
+    assert cfg.num_micro_batches > 5 * pp  # beyond every schedule's exactly simulated range
+    dur = cm.pipeline_durations(cfg)
+    f, b, w, p2p = dur.simulation_inputs()
+    m = cfg.num_micro_batches
+    full = max(finish_times(schedule_dag(sched, pp, m, v), f, b, w, p2p))
+    got = makespan(sched, pp, v, m, f, b, w, p2p).makespan_s
+    # zbv's deferred W can absorb a few percent of stage imbalance for tens of rounds before the busiest rank
+    # saturates; the extension assumes it saturated (0.4% at worst on a wider sample of real configurations)
+    assert got == pytest.approx(full, rel=5e-3 if sched == "zbv" else 1e-3)
