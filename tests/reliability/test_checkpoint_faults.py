@@ -8,8 +8,6 @@ uninterrupted run's samples, each exactly once (a replayed uncommitted step is n
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import pytest
@@ -18,60 +16,28 @@ import torch
 from planner.errors import PlannerError
 from runtime import checkpoint
 from runtime.local_launch import LaunchError, run_ranks
-from tests.reliability.test_kill_resume import GLOBAL_BATCH, checkpoint_tensors, write_plan
-
-STEPS = 6
-
-
-def _train_recording(plan_path: str, ckpt_dir: str, log_dir: str, steps: int) -> int:
-    """train() with the data source wrapped to log every sample index this rank reads."""
-    import torch.distributed as dist
-
-    from planner.plan import Plan
-    from runtime import data
-    from runtime.engine import RunOptions
-    from runtime.train import TrainConfig, train
-
-    log = Path(log_dir) / f"rank{dist.get_rank()}.jsonl"
-    original = data.SyntheticSource.sample
-
-    def sample(self, index: int):
-        with open(log, "a") as f:  # a test log, not a product file
-            f.write(json.dumps(index) + "\n")
-        return original(self, index)
-
-    data.SyntheticSource.sample = sample
-    train(Plan.load(plan_path), RunOptions(),
-          TrainConfig(steps=steps, checkpoint_dir=ckpt_dir, checkpoint_every=2, resume="auto"))
-    return 0
+from tests.reliability.train_helpers import (GLOBAL_BATCH, STEPS, checkpoint_tensors, indices, train_recording,
+                                            write_plan)
 
 
-def _indices(log_dir: Path, rank: int) -> list[int]:
-    p = log_dir / f"rank{rank}.jsonl"
-    return [json.loads(l) for l in p.read_text().split()] if p.exists() else []
-
-
-def test_kill_during_checkpoint_commit_then_resume(tmp_path) -> None:
-    plan_path = tmp_path / "plan.json"
-    write_plan(plan_path)
-    ref_dir, run_dir = tmp_path / "reference", tmp_path / "run"
-    ref_logs, logs1, logs2 = (tmp_path / n for n in ("ref_logs", "logs1", "logs2"))
-    for d in (ref_logs, logs1, logs2):
-        d.mkdir()
-    run_ranks(_train_recording, 2, str(plan_path), str(ref_dir), str(ref_logs), STEPS, timeout_s=180)
+def test_kill_during_checkpoint_commit_then_resume(tmp_path, reference_run) -> None:
+    plan_path, ref_dir, ref_logs = reference_run.plan_path, reference_run.checkpoints, reference_run.sample_logs
+    run_dir, logs1, logs2 = tmp_path / "run", tmp_path / "logs1", tmp_path / "logs2"
+    logs1.mkdir()
+    logs2.mkdir()
 
     # Rank 1 dies after the data of the step-4 checkpoint is written, before it is committed.
     with pytest.raises(LaunchError, match="killed by signal 9"):
-        run_ranks(_train_recording, 2, str(plan_path), str(run_dir), str(logs1), STEPS, timeout_s=180,
+        run_ranks(train_recording, 2, str(plan_path), str(run_dir), str(logs1), STEPS, timeout_s=180,
                   env={"HYBRIDPLAN_FAULT": "kill:rank=1:step=4:point=checkpoint"})
     assert checkpoint.latest(run_dir).name == "step_00000002"
     assert not (run_dir / "step_00000004").exists(), "an uncommitted checkpoint must not look complete"
-    run_ranks(_train_recording, 2, str(plan_path), str(run_dir), str(logs2), STEPS, timeout_s=180)
+    run_ranks(train_recording, 2, str(plan_path), str(run_dir), str(logs2), STEPS, timeout_s=180)
     assert sorted(p.name for p in run_dir.iterdir()) == ["step_00000002", "step_00000004", "step_00000006"]
 
     for rank in range(2):
-        ref = _indices(ref_logs, rank)
-        first, resumed = _indices(logs1, rank), _indices(logs2, rank)
+        ref = indices(ref_logs, rank)
+        first, resumed = indices(logs1, rank), indices(logs2, rank)
         per_step = GLOBAL_BATCH // 2
         committed = first[: 2 * per_step] + resumed  # the step-2 checkpoint holds the first two steps
         assert committed == ref, (rank, committed, ref)
@@ -122,14 +88,3 @@ def test_booby_trapped_checkpoint_does_not_run_code(tmp_path) -> None:
         assert not marker.exists(), "loading the checkpoint executed code from its .metadata"  # but first: code ran?
         raise
     assert not marker.exists(), "loading the checkpoint executed code from its .metadata"
-
-
-def test_legit_checkpoint_round_trip_in_one_process(tmp_path) -> None:
-    engine, path = _engine_and_checkpoint(tmp_path)
-    before = {k: v.clone() for k, v in checkpoint_tensors(path, tmp_path).items()}
-    engine.train_step()
-    assert checkpoint.load(engine, path) == 1
-    again = checkpoint.save(engine, tmp_path / "ckpt2")
-    after = checkpoint_tensors(again, tmp_path)
-    assert all(torch.equal(before[k], after[k]) for k in before)
-    assert not [p for p in (tmp_path / "ckpt").iterdir() if p.name.startswith(".")], "staging left behind"

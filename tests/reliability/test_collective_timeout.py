@@ -111,7 +111,7 @@ def _train_worker(plan_path: str) -> int:
 def test_runtime_names_a_rank_that_hangs_mid_training(tmp_path) -> None:
     """Through the real training loop: rank 1 stops responding before step 3; rank 0 is ended by the
     watchdog with one line naming rank 1 and the step, and exit code 5, instead of waiting for ever."""
-    from tests.reliability.test_kill_resume import write_plan
+    from tests.reliability.train_helpers import write_plan
 
     write_plan(tmp_path / "plan.json")
     env = {"HYBRIDPLAN_FAULT": "hang:rank=1:step=2", faults.TIMEOUT_ENV: "1.5"}

@@ -126,8 +126,7 @@ def test_cli_subprocess_bad_inputs(tmp_path) -> None:
         (["estimate", "--model", "tiny-llama", "--cluster", files["cluster_bad.yaml"], "--global-batch", "8"], 2),
         (["estimate", "--model", "tiny-llama", "--cluster", "cpu", "--gpus", "4", "--global-batch", "8",
           "--tp", "3"], 2),
-        (["estimate", "--model", "tiny-llama", "--cluster", "cpu", "--gpus", "abc"], 2),
-    ]
+    ]  # argparse's own refusals (SystemExit 2) are covered in-process
     for argv, want in cases:
         before = snapshot(work)
         run = run_subprocess(argv, cwd=work)

@@ -21,7 +21,7 @@ from tests.reliability.fuzzlib import dump_json_text, feed, fuzz_settings
 from tests.reliability.strategies import HOSTILE, combine, mutations
 from tests.reliability.test_fuzz_specs import check_config, check_model
 
-TARGETS = {"plan": 1500, "plan_file": 600}
+TARGETS = {"plan": 1300, "plan_file": 500}
 
 
 def check_plan_invariants(plan: Plan) -> None:
@@ -53,7 +53,7 @@ def read_both_ways(doc, base: dict, why) -> None:
         check_plan_invariants(out.value)
 
 
-@fuzz_settings(max_examples=350)
+@fuzz_settings(max_examples=290)
 @given(st.data())
 def test_fuzz_plan_documents(data) -> None:
     base = data.draw(st.sampled_from(bases.valid_plans()))
@@ -74,7 +74,7 @@ def test_plan_document_count() -> None:
     assert fuzzlib.total("plan") >= TARGETS["plan"], dict(fuzzlib.COUNTS["plan"])
 
 
-@fuzz_settings(max_examples=150)
+@fuzz_settings(max_examples=120)
 @given(st.data())
 def test_fuzz_plan_files(tmp_path_factory, data) -> None:
     """Plan files as bytes on disk: truncated at any byte, bytes flipped, NaN literals, BOM, binary."""

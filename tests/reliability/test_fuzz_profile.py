@@ -16,7 +16,7 @@ from tests.reliability import bases, fuzzlib
 from tests.reliability.fuzzlib import feed, fuzz_settings
 from tests.reliability.strategies import combine, mutations
 
-TARGETS = {"profile": 1000}
+TARGETS = {"profile": 900}
 
 
 CPU4 = resolve_cluster("cpu", gpus=4)
@@ -48,7 +48,7 @@ def load_and_query(doc, scratch: Path) -> Profile:
     return p
 
 
-@fuzz_settings(max_examples=330)
+@fuzz_settings(max_examples=260)
 @given(st.data())
 def test_fuzz_profile(tmp_path_factory, data) -> None:
     scratch = tmp_path_factory.getbasetemp()

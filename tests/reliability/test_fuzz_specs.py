@@ -22,7 +22,7 @@ from tests.reliability.fuzzlib import feed, fuzz_settings
 from tests.reliability.strategies import HOSTILE, combine, mutations
 
 # Inputs per category this file must feed (each hypothesis example feeds several).
-TARGETS = {"model_spec": 2000, "hf_config": 2000, "cluster": 1500, "parallel_config": 2000}
+TARGETS = {"model_spec": 1600, "hf_config": 1700, "cluster": 1200, "parallel_config": 2000}
 
 
 def check_model(model: ModelSpec) -> None:
@@ -42,7 +42,7 @@ def feed_model_doc(category: str, doc, strict_field: str | None = None):
 
 
 # --- model spec files (the project's own format) ---------------------------------------------
-@fuzz_settings(max_examples=650)
+@fuzz_settings(max_examples=500)
 @given(st.data())
 def test_fuzz_model_spec(data) -> None:
     base = data.draw(st.sampled_from(bases.model_dicts()))
@@ -70,7 +70,7 @@ HF_SIZE_KEYS = {"num_hidden_layers", "hidden_size", "intermediate_size", "num_at
                 "shared_expert_intermediate_size", "decoder_sparse_step", "moe_layer_freq"}
 
 
-@fuzz_settings(max_examples=450)
+@fuzz_settings(max_examples=350)
 @given(st.data())
 def test_fuzz_hf_config(data) -> None:
     fname, base = data.draw(st.sampled_from(bases.hf_configs()))
@@ -101,7 +101,7 @@ def check_cluster(c: ClusterSpec) -> None:
     assert ClusterSpec.from_dict(json.loads(json.dumps(c.to_dict()))) == c
 
 
-@fuzz_settings(max_examples=300)
+@fuzz_settings(max_examples=250)
 @given(st.data())
 def test_fuzz_cluster(data) -> None:
     base = data.draw(st.sampled_from(bases.cluster_dicts()))
@@ -163,7 +163,7 @@ def _build_and_validate(doc, model: ModelSpec, world: int) -> ParallelConfig:
     return c
 
 
-@fuzz_settings(max_examples=550)
+@fuzz_settings(max_examples=420)
 @given(st.data())
 def test_fuzz_parallel_config(data) -> None:
     name, world, base = data.draw(st.sampled_from(bases.valid_configs()))

@@ -4,7 +4,7 @@ complete checkpoint and ends with parameters bit-identical to an uninterrupted r
 Deterministic CPU run: tiny-gpt, 2 gloo processes (dp 2), fp32, AdamW, 6 steps, a checkpoint every 2.
 The fault (runtime.faults, HYBRIDPLAN_FAULT) kills rank 1 before step index 3 of the first attempt, so
 the last complete checkpoint is step 2 and steps 3..6 are re-run by the second attempt. The reference
-runs the same `train()` on forked ranks (runtime.local_launch), without the fault.
+(conftest.reference_run) runs the same `train()` on forked ranks (runtime.local_launch), without the fault.
 """
 
 from __future__ import annotations
@@ -17,42 +17,11 @@ from pathlib import Path
 
 import torch
 
-from planner.cluster_spec import resolve_cluster
-from planner.model_presets import PRESETS
-from planner.parallel_config import ParallelConfig
-from planner.plan import Plan
 from runtime import checkpoint
-from runtime.local_launch import run_ranks
+from tests.reliability.train_helpers import EVERY, GLOBAL_BATCH, STEPS, checkpoint_tensors
 
 ROOT = Path(__file__).resolve().parents[2]
-STEPS, EVERY, KILL_BEFORE_STEP, GLOBAL_BATCH = 6, 2, 3, 4
-
-
-def write_plan(path: Path, **config) -> Plan:
-    model = PRESETS["tiny-gpt"]
-    base = dict(dp=2, tp=1, pp=1, micro_batch_size=1, global_batch_size=GLOBAL_BATCH, seq_len=model.seq_len)
-    base.update(config)
-    plan = Plan.build(model, resolve_cluster("cpu", gpus=base["dp"] * base["tp"] * base["pp"]), ParallelConfig(**base))
-    plan.save(path)
-    return plan
-
-
-def checkpoint_tensors(path: Path, scratch: Path) -> dict[str, torch.Tensor]:
-    """Every tensor of a DCP checkpoint at full shape (offline, one process), read without pickles."""
-    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
-
-    out = scratch / (path.name + ".pt")
-    dcp_to_torch_save(str(path), str(out))
-    return torch.load(out, weights_only=True)
-
-
-def _reference(plan_path: str, ckpt_dir: str) -> int:
-    from runtime.engine import RunOptions
-    from runtime.train import TrainConfig, train
-
-    train(Plan.load(plan_path), RunOptions(),
-          TrainConfig(steps=STEPS, checkpoint_dir=ckpt_dir, checkpoint_every=EVERY, resume="auto"))
-    return 0
+KILL_BEFORE_STEP = 3
 
 
 def torchrun_train(plan_path: Path, ckpt_dir: Path, metrics: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -62,11 +31,8 @@ def torchrun_train(plan_path: Path, ckpt_dir: Path, metrics: Path, env: dict[str
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
 
 
-def test_sigkill_one_rank_restart_resumes_bit_identical(tmp_path) -> None:
-    plan_path = tmp_path / "plan.json"
-    write_plan(plan_path)
-    ref_dir, run_dir = tmp_path / "reference", tmp_path / "faulty"
-    run_ranks(_reference, 2, str(plan_path), str(ref_dir), timeout_s=180)
+def test_sigkill_one_rank_restart_resumes_bit_identical(tmp_path, reference_run) -> None:
+    plan_path, ref_dir, run_dir = reference_run.plan_path, reference_run.checkpoints, tmp_path / "faulty"
 
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
            "HYBRIDPLAN_FAULT": f"kill:rank=1:step={KILL_BEFORE_STEP}", "HYBRIDPLAN_COLLECTIVE_TIMEOUT_S": "60"}

@@ -32,7 +32,7 @@ from tests.reliability.strategies import clusters, models
 from tests.reliability.test_fuzz_plans import check_plan_invariants
 from tests.reliability.test_fuzz_specs import check_config
 
-TARGETS = {"search": 40}
+TARGETS = {"search": 30}
 
 
 def check_candidate(model, cluster, cm: CostModel, rec) -> None:
