@@ -14,9 +14,9 @@ Default pruning rules (each lifted for its dimension by ``--fix``, see ``constra
 * pipeline stages hold at least one layer (pp x chunks <= layers); 1F1B-family schedules need at
   least as many micro-batches as stages, interleaving a micro-batch count divisible by pp;
 * micro-batch sizes up to ``max_micro_batch`` (default 16) that divide the per-replica batch;
-* interleaved chunks per rank v in 2..``max_vp`` (default 8) with pp x v dividing the layers (what
-  Megatron-LM runs), and v = 2 always (uneven splits make it runnable for any layer count); other v only
-  when fixed;
+* interleaved chunks per rank v >= 2 with pp x v dividing the layers (what Megatron-LM runs, down to one
+  layer per chunk: Megatron-Core's weak-scaling runs use up to 21 chunks per rank), and v = 2 always (uneven
+  splits make it runnable for any layer count); other v only when fixed; ``max_vp`` caps v when set;
 * sequence parallelism only with tp > 1; ZeRO, grad-sync modes and compression only with dp > 1;
 * grad_sync 'hierarchical' only when the DP group spans nodes with >= 2 members per node (otherwise it
   is the ring); 'ps' (the parameter-server baseline, modelled for comparison) only when fixed;
@@ -59,7 +59,7 @@ class SearchSpace:
     """Sequences per optimizer step."""
     constraints: Constraints = field(default_factory=Constraints)
     max_micro_batch: int = 16
-    max_vp: int = 8
+    max_vp: int | None = None
 
     @property
     def world_size(self) -> int:
@@ -171,7 +171,7 @@ def schedule_options(space: SearchSpace, g: ComputeGroup) -> Iterator[tuple[str,
     if allowed("1f1b") and c.allows("vp", 1) and m >= g.pp:
         yield "1f1b", 1
     if allowed("interleaved") and m >= g.pp and m % g.pp == 0:
-        top = L // g.pp if c.is_fixed("vp") else min(space.max_vp, L // g.pp)
+        top = L // g.pp if c.is_fixed("vp") or space.max_vp is None else min(space.max_vp, L // g.pp)
         for v in range(2, top + 1):
             if c.allows("vp", v) and (c.is_fixed("vp") or v == 2 or L % (g.pp * v) == 0):
                 yield "interleaved", v
