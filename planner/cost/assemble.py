@@ -6,6 +6,7 @@ from __future__ import annotations
 from planner.collectives import group_layout
 from planner.cost import memory as mem
 from planner.cost.pipeline import makespan
+from planner.cost.replicas import ExpertReplicas, replica_grad_sync_s
 from planner.cost.step import _type_counts
 from planner.cost.sync import exposed_after_backward_s, grad_sync_s, optimizer_s
 from planner.cost.types import Estimate
@@ -18,25 +19,25 @@ except ImportError:  # pragma: no cover
     _compression = None
 
 
-def _rank_params(cm, config: ParallelConfig) -> tuple[tuple[float, float], ...]:
-    """(dense elements, expert elements) on one rank of each pipeline rank (cached on the CostModel)."""
-    key = (config.tp, config.ep, config.pp, config.schedule, config.num_chunks, config.stage_layers)
+def _rank_params(cm, config: ParallelConfig, expert_copies: float = 1.0) -> tuple[tuple[float, float, int], ...]:
+    """(dense elements, routed-expert elements, MoE layers) on one rank of each pipeline rank (cached)."""
+    key = (config.tp, config.ep, config.pp, config.schedule, config.num_chunks, config.stage_layers, expert_copies)
     got = cm._params_cache.get(key)
     if got is None:
-        got = cm._params_cache[key] = _rank_params_uncached(cm, config)
+        got = cm._params_cache[key] = _rank_params_uncached(cm, config, expert_copies)
     return got
 
 
-def _rank_params_uncached(cm, config: ParallelConfig) -> tuple[tuple[float, float], ...]:
+def _rank_params_uncached(cm, config: ParallelConfig, expert_copies: float) -> tuple[tuple[float, float, int], ...]:
     g = cm.graph
     per_type = []
     for lt in g.layer_types:
         d = e = 0.0
         for b in lt.blocks:
             x, y = mem.block_params_on_rank(b, config.tp, config.ep)
-            d, e = d + x, e + y
-        per_type.append((d, e))
-    out = [[0.0, 0.0] for _ in range(config.pp)]
+            d, e = d + x, e + y * expert_copies
+        per_type.append((d, e, int(lt.ffn.kind == "moe")))
+    out = [[0.0, 0.0, 0] for _ in range(config.pp)]
     ranges = cm.ranges(config)
     for c, (lo, hi) in enumerate(ranges):
         r = ParallelConfig.chunk_to_pp_rank(c, config.pp, config.schedule)
@@ -44,16 +45,17 @@ def _rank_params_uncached(cm, config: ParallelConfig) -> tuple[tuple[float, floa
         for t, n in enumerate(counts):
             out[r][0] += n * per_type[t][0]
             out[r][1] += n * per_type[t][1]
+            out[r][2] += n * per_type[t][2]
     emb = mem.block_params_on_rank(g.embedding, config.tp, config.ep)[0]
     head = mem.block_params_on_rank(g.head, config.tp, config.ep)[0]
     if cm.model.tied_embeddings and config.pp > 1:
         head += cm.model.vocab_size * cm.model.hidden_size / config.tp
     out[0][0] += emb
     out[ParallelConfig.chunk_to_pp_rank(len(ranges) - 1, config.pp, config.schedule)][0] += head
-    return tuple((x[0], x[1]) for x in out)
+    return tuple((x[0], x[1], x[2]) for x in out)
 
 
-def assemble(cm, config: ParallelConfig) -> Estimate:
+def assemble(cm, config: ParallelConfig, replicas: ExpertReplicas | None = None) -> Estimate:
     if config.compression != "none" and _compression is not None:
         _compression.check_combination(config.grad_sync, config.compression)
     elif config.compression != "none" and config.grad_sync != "allreduce" and config.compression not in ("fp16", "bf16"):
@@ -73,7 +75,10 @@ def assemble(cm, config: ParallelConfig) -> Estimate:
     comm = cm._axis_comm(config)
     dpn = cm.cluster.devices_per_node
     mdl = cm.model
-    params = _rank_params(cm, config)
+    copies = replicas.copies if replicas else 1.0
+    params = _rank_params(cm, config, copies)
+    replica_sync = [replica_grad_sync_s(comm, replicas, mdl.expert_params(), moe, cm.options.grad_bytes)
+                    for _, _, moe in params] if replicas else [0.0] * pp
     edp = max(config.tp * config.dp // config.ep, 1)
     end_all = res.makespan_s
     opt_s = 0.0
@@ -91,12 +96,13 @@ def assemble(cm, config: ParallelConfig) -> Estimate:
         return out
 
     for r in range(pp):
-        dense, expert = params[r]
+        dense, expert, _ = params[r]
         memo = sync_memo.get((dense, expert))
         if memo is None:
             memo = sync_memo[(dense, expert)] = _sync(dense, expert)
         rs, nb, ag, codec = memo
         exposed = exposed_after_backward_s(rs, nb, last_bwd[r], config.overlap_grad_reduce) + codec
+        exposed += replica_sync[r]  # replica gradients are summed after the backward, before the DP reduction
         if ag:  # updated parameters: gathered after the step, overlapped with the next forward when enabled
             exposed += max(0.0, ag - first_fwd[r]) if config.overlap_grad_reduce else ag
         end_all = max(end_all, res.finish_s[r] + exposed)
@@ -126,7 +132,7 @@ def assemble(cm, config: ParallelConfig) -> Estimate:
 
     from planner.cost.step import bottleneck_words
 
-    memory = cm._memory(config)
+    memory = cm._memory(config, replicas)
     model_flops, hw_flops = cm.model_flops_per_step(config)
     world = config.world_size
     peak = cm.hw.peak_flops
@@ -138,6 +144,10 @@ def assemble(cm, config: ParallelConfig) -> Estimate:
                      f"{memory.excess_bytes / 2**30:.2f} GiB over the {memory.capacity_bytes / 2**30:.2f} GiB capacity")
     if codec_total:
         notes.append(f"compression codec adds {codec_total * 1e3:.1f} ms per step on the compute stream")
+    if replicas:
+        notes.append(f"expert placement holds up to {replicas.slots_per_rank} experts per EP rank (even split "
+                     f"{replicas.even_slots:g}), {replicas.replicated_experts} replicated: their memory is priced "
+                     f"and their gradient all-reduce adds {max(replica_sync) * 1e3:.1f} ms after the backward")
     return Estimate(
         config=config, step_time_s=step, tflops_per_gpu=tflops, hfu_tflops_per_gpu=hfu_tflops,
         mfu=tflops * 1e12 / peak, hfu=hfu_tflops * 1e12 / peak,

@@ -15,16 +15,18 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, Sequence
 
 from planner.cluster_spec import ClusterSpec
 from planner.collectives import Collectives, group_layout
 from planner.cost import efficiency as eff
 from planner.cost import memory as mem
+from planner.cost import rank_memory
 from planner.cost.compute import ZERO, BlockTime, Hardware, Shape, block_time, profiled_block_time
 from planner.cost.durations import ChunkDurations, PipelineDurations, p2p_s
-from planner.cost.pipeline import inflight_per_chunk, makespan
-from planner.cost.types import BREAKDOWN_WORDS, Estimate, MemoryEstimate, PartitionInputs, StageMemory
+from planner.cost.pipeline import inflight_per_chunk
+from planner.cost.replicas import ExpertReplicas, expert_replicas
+from planner.cost.types import BREAKDOWN_WORDS, Estimate, MemoryEstimate, PartitionInputs
 from planner.layer_graph import Block, LayerGraph, layer_graph
 from planner.model_spec import ModelSpec
 from planner.parallel_config import ParallelConfig
@@ -106,7 +108,7 @@ class CostModel:
         self._chunk_cache: dict[tuple, tuple[ChunkDurations, ...]] = {}
         self._durations_cache: dict[tuple, PipelineDurations] = {}
         self._params_cache: dict[tuple, tuple[tuple[float, float], ...]] = {}
-        self._memory_cache: dict[ParallelConfig, MemoryEstimate] = {}
+        self._memory_cache: dict[tuple, MemoryEstimate] = {}
         self._warned: set[tuple] = set()
 
     # ------------------------------------------------------------------ block times
@@ -237,102 +239,29 @@ class CostModel:
         return tuple(out)
 
     # ------------------------------------------------------------------ memory
-    def memory(self, config: ParallelConfig) -> MemoryEstimate:
-        """Peak memory per pipeline rank (the search prunes with this; no time terms computed)."""
+    def memory(self, config: ParallelConfig, *,
+               expert_placement: Sequence[Sequence[int]] | None = None) -> MemoryEstimate:
+        """Peak memory per pipeline rank (the search prunes with this; no time terms computed).
+        ``expert_placement``: as ``estimate``."""
         config.validate_for(self.model, self.cluster.world_size)
-        return self._memory(config)
+        return self._memory(config, expert_replicas(self.model, config.ep, expert_placement))
 
-    def _memory(self, config: ParallelConfig) -> MemoryEstimate:
-        got = self._memory_cache.get(config)
+    def _memory(self, config: ParallelConfig, replicas: ExpertReplicas | None = None) -> MemoryEstimate:
+        key = (config, replicas)
+        got = self._memory_cache.get(key)
         if got is None:
-            got = self._memory_uncached(config)
+            got = rank_memory.memory_estimate(self, config, replicas.copies if replicas else 1.0)
             if len(self._memory_cache) > 50_000:
                 self._memory_cache.clear()
-            self._memory_cache[config] = got
+            self._memory_cache[key] = got
         return got
 
-    def _static(self, block: Block, config: ParallelConfig) -> tuple[float, float, float]:
-        dense, expert = mem.block_params_on_rank(block, config.tp, config.ep)
-        gb = self.options.grad_bytes
-        d = mem.bytes_per_param(self.model.dtype_bytes, config.zero_stage, config.dp, gb)
-        edp = max(config.tp * config.dp // config.ep, 1)
-        e = mem.bytes_per_param(self.model.dtype_bytes, config.zero_stage, edp, gb)
-        return (dense * d.weights + expert * e.weights, dense * d.grads + expert * e.grads,
-                dense * d.optimizer + expert * e.optimizer)
+    def _static(self, block: Block, config: ParallelConfig, expert_copies: float = 1.0) -> tuple[float, float, float]:
+        """(weights, gradients, optimizer) bytes of ``block`` on one rank (planner/cost/rank_memory.py)."""
+        return rank_memory.static_bytes(self, block, config, expert_copies)
 
     def _activation(self, block: Block, config: ParallelConfig, recompute: str, layer_block: bool = True) -> float:
-        return mem.activation_bytes(block, tokens=config.micro_batch_size * config.seq_len, seq_len=config.seq_len,
-                                    tp=config.tp, sequence_parallel=config.sequence_parallel, recompute=recompute,
-                                    dtype_bytes=self.model.dtype_bytes, hidden=self.model.hidden_size,
-                                    is_layer_block=layer_block)
-
-    def _layer_memory(self, config: ParallelConfig):
-        """Per layer type: (static w/g/o triple, activation bytes under config.recompute, under full)."""
-        out = []
-        for lt in self.graph.layer_types:
-            sa, sf = self._static(lt.attention, config), self._static(lt.ffn, config)
-            static = tuple(x + y for x, y in zip(sa, sf))
-            act = self._activation(lt.attention, config, config.recompute) + self._activation(lt.ffn, config,
-                                                                                             config.recompute)
-            act_full = self._activation(lt.attention, config, "full") + self._activation(lt.ffn, config, "full")
-            out.append((static, act, act_full))
-        return out
-
-    def _memory_uncached(self, config: ParallelConfig) -> MemoryEstimate:
-        m, pp = self.model, config.pp
-        layer_mem = self._layer_memory(config)
-        ranges = self.ranges(config)
-        full_layers = config.stage_recompute_layers or (0,) * len(ranges)
-        inflight = inflight_per_chunk(config.schedule, pp, config.virtual_stages, config.num_micro_batches)
-        emb_static = self._static(self.graph.embedding, config)
-        head_static = self._static(self.graph.head, config)
-        if m.tied_embeddings and pp > 1:  # the last stage keeps its own copy of the word embedding
-            word = Block(kind="embedding", params=m.vocab_size * m.hidden_size)
-            head_static = tuple(x + y for x, y in zip(head_static, self._static(word, config)))
-        emb_act = self._activation(self.graph.embedding, config, "none", False)
-        head_act = self._activation(self.graph.head, config, "none", False)
-        w = [0.0] * pp
-        g = [0.0] * pp
-        o = [0.0] * pp
-        a = [0.0] * pp
-        last = len(ranges) - 1
-        for c, (lo, hi) in enumerate(ranges):
-            r = ParallelConfig.chunk_to_pp_rank(c, pp, config.schedule)
-            counts, full = _type_counts(self.graph, lo, hi, full_layers[c])
-            act = 0.0
-            for t, n in enumerate(counts):
-                if n:
-                    static, act_t, act_full = layer_mem[t]
-                    w[r] += n * static[0]
-                    g[r] += n * static[1]
-                    o[r] += n * static[2]
-                    act += (n - full[t]) * act_t + full[t] * act_full
-            if c == 0:
-                w[r] += emb_static[0]
-                g[r] += emb_static[1]
-                o[r] += emb_static[2]
-                act += emb_act
-            if c == last:
-                w[r] += head_static[0]
-                g[r] += head_static[1]
-                o[r] += head_static[2]
-                act += head_act
-            a[r] += act * inflight[c]
-        other = self._other_bytes(config)
-        stages = tuple(StageMemory(r, w[r], g[r], o[r], a[r], other) for r in range(pp))
-        return MemoryEstimate(stages, self.capacity_bytes)
-
-    def _other_bytes(self, config: ParallelConfig) -> float:
-        m = self.model
-        gather = 0.0
-        if config.zero_stage >= 3:  # two layers' full weights gathered at once (current + prefetch)
-            lt = self.graph.layer_types[-1]
-            dense = sum(mem.block_params_on_rank(b, config.tp, config.ep)[0] for b in lt.blocks)
-            gather = 2 * dense * m.dtype_bytes
-        return mem.other_bytes(tokens=config.micro_batch_size * config.seq_len, hidden=m.hidden_size,
-                               dtype_bytes=m.dtype_bytes, tp=config.tp, sequence_parallel=config.sequence_parallel,
-                               bucket_size_bytes=config.bucket_size_bytes, dp=config.dp, pp=config.pp,
-                               zero3_gather_bytes=gather, family=self.hw.family)
+        return rank_memory.activation_bytes(self, block, config, recompute, layer_block)
 
     # ------------------------------------------------------------------ FLOPs
     def model_flops_per_step(self, config: ParallelConfig) -> tuple[float, float]:
@@ -358,18 +287,23 @@ class CostModel:
         return model, model + extra * tokens
 
     # ------------------------------------------------------------------ estimate
-    def estimate(self, config: ParallelConfig) -> Estimate:
-        """Step time, throughput, memory and breakdown of ``config`` (ConfigError if invalid)."""
+    def estimate(self, config: ParallelConfig, *,
+                 expert_placement: Sequence[Sequence[int]] | None = None) -> Estimate:
+        """Step time, throughput, memory and breakdown of ``config`` (ConfigError if invalid).
+
+        ``expert_placement``: per EP rank the routed experts it holds (``Plan.expert_placement``); when it
+        gives some EP rank more than E / ep experts (replicated hot experts), the copies' memory and their
+        gradient reduction are priced (planner/cost/replicas.py). None: the even split."""
         config.validate_for(self.model, self.cluster.world_size)
         from planner.cost.assemble import assemble  # local: keeps this file to the per-chunk terms
 
-        return assemble(self, config)
+        return assemble(self, config, expert_replicas(self.model, config.ep, expert_placement))
 
     def partition_inputs(self, config: ParallelConfig) -> PartitionInputs:
         """Per-layer time and memory vectors for the stage partitioner (see PartitionInputs)."""
         config.validate_for(self.model, self.cluster.world_size)
         lts = self._layer_times(config)
-        layer_mem = self._layer_memory(config)
+        layer_mem = rank_memory.layer_memory(self, config)
         L = self.model.num_layers
         types = [self.graph.type_of_layer(i) for i in range(L)]
         per_type_time = [bt.fwd_s + bt.bwd_s + self._extra(bt, config.recompute) for bt in lts]

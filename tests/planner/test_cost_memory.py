@@ -82,3 +82,69 @@ def test_moe_experts_split_over_ep():
     w8 = cm.memory(base.replace(ep=8)).memory_by_stage[1].weights_bytes
     experts = 8 * m.num_moe_layers / 4 * m.expert_params() * 2  # bf16 weights of one stage's experts
     assert w1 - w8 == pytest.approx(experts * 7 / 8, rel=1e-6)
+
+
+# --- replicated experts (planner/cost/replicas.py) ------------------------------------------------------
+_MIXTRAL = ParallelConfig(dp=4, tp=2, pp=2, ep=4, micro_batch_size=1, global_batch_size=64, seq_len=4096,
+                          sequence_parallel=True)
+_EVEN = [[0, 1], [2, 3], [4, 5], [6, 7]]
+_HOT = [[0, 1, 2], [2, 3], [4, 5], [6, 7]]  # expert 2 copied to EP rank 0: 3 slots where the even split has 2
+
+
+def test_replicated_experts_cost_their_memory_and_a_gradient_all_reduce():
+    from planner.cost.memory import bytes_per_param
+
+    model = PRESETS["mixtral-8x7b"]
+    cm = CostModel(model, resolve_cluster("dgx-h100", gpus=16))
+    base, even, hot = cm.estimate(_MIXTRAL), cm.estimate(_MIXTRAL, expert_placement=_EVEN), \
+        cm.estimate(_MIXTRAL, expert_placement=_HOT)
+    assert even.step_time_s == base.step_time_s and even.peak_memory_bytes == base.peak_memory_bytes
+    # static bytes: the fullest EP rank's routed experts grow by 3 / 2 on every MoE layer (the runtime keeps whole
+    # copies); expert-data-parallel group tp x dp / ep = 2 shards nothing at ZeRO 0
+    per = bytes_per_param(model.dtype_bytes, 0, 2)
+    moe_layers = model.num_layers // 2  # per pipeline rank
+    extra = moe_layers * model.expert_params() * (3 - 2) * (per.weights + per.grads + per.optimizer)
+    for b, h in zip(base.memory_by_stage, hot.memory_by_stage):
+        static_b = b.weights_bytes + b.gradients_bytes + b.optimizer_bytes
+        static_h = h.weights_bytes + h.gradients_bytes + h.optimizer_bytes
+        assert static_h - static_b == pytest.approx(extra, rel=1e-9)
+        assert h.activations_bytes == b.activations_bytes
+    assert cm.memory(_MIXTRAL, expert_placement=_HOT).peak_memory_bytes == hot.peak_memory_bytes
+    # time: one all-reduce per MoE layer over the EP group of the replicated expert's gradients, after backward,
+    # plus the larger expert gradient reduction; the pipeline itself is unchanged (imbalance is not re-priced)
+    assert hot.breakdown["dp_sync_exposed"] > base.breakdown["dp_sync_exposed"]
+    assert hot.step_time_s > base.step_time_s
+    assert hot.breakdown["pp_bubble"] == base.breakdown["pp_bubble"]
+    assert any("replicated" in n for n in hot.notes)
+
+
+def test_replica_gradient_all_reduce_hand_calculation():
+    from planner.cost.replicas import expert_replicas, replica_grad_sync_s
+
+    calls = []
+
+    def comm(op, nbytes, axis):
+        calls.append((op, nbytes, axis))
+        return 0.25
+
+    model = PRESETS["mixtral-8x7b"]
+    rep = expert_replicas(model, 4, [[0, 1, 2, 5], [2, 3], [4, 5], [6, 7]])
+    assert (rep.slots_per_rank, rep.replicated_experts, rep.copies) == (4, 2, 2.0)
+    assert replica_grad_sync_s(comm, rep, 1000, moe_layers=3, grad_bytes=4) == 0.75
+    assert calls == [("all_reduce", 2 * 1000 * 4, "ep")]
+    assert expert_replicas(model, 4, [[1, 0], [2, 3], [5, 4], [6, 7]]) is None  # a permutation: no replica
+
+
+@pytest.mark.parametrize("placement,match", [([[0, 1], [2, 3], [4, 5]], "3 EP ranks"),
+                                             ([[0, 1], [2, 3], [4, 5], [6, 6]], "twice"),
+                                             ([[0, 1], [2, 3], [4, 5], [6, 8]], "expert 8"),
+                                             ([[0, 1], [2, 3], [4, 5], [6]], "expert 7 on no EP rank")])
+def test_bad_expert_placement_is_a_config_error(placement, match):
+    from planner.errors import ConfigError
+
+    cm = CostModel(PRESETS["mixtral-8x7b"], resolve_cluster("dgx-h100", gpus=16))
+    with pytest.raises(ConfigError, match=match):
+        cm.estimate(_MIXTRAL, expert_placement=placement)
+    with pytest.raises(ConfigError, match="dense model"):
+        _cm().memory(ParallelConfig(dp=1, tp=8, pp=1, micro_batch_size=1, global_batch_size=8, seq_len=2048),
+                     expert_placement=[[0]])
