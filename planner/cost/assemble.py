@@ -21,7 +21,8 @@ except ImportError:  # pragma: no cover
 
 def _rank_params(cm, config: ParallelConfig, expert_copies: float = 1.0) -> tuple[tuple[float, float, int], ...]:
     """(dense elements, routed-expert elements, MoE layers) on one rank of each pipeline rank (cached)."""
-    key = (config.tp, config.ep, config.pp, config.schedule, config.num_chunks, config.stage_layers, expert_copies)
+    key = (config.tp, config.ep, config.pp, config.schedule, config.num_chunks, tuple(config.stage_layers),
+           expert_copies)
     got = cm._params_cache.get(key)
     if got is None:
         got = cm._params_cache[key] = _rank_params_uncached(cm, config, expert_copies)

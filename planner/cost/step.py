@@ -20,7 +20,6 @@ from typing import Any, Sequence
 from planner.cluster_spec import ClusterSpec
 from planner.collectives import Collectives, group_layout
 from planner.cost import efficiency as eff
-from planner.cost import memory as mem
 from planner.cost import rank_memory
 from planner.cost.compute import ZERO, BlockTime, Hardware, Shape, block_time, profiled_block_time
 from planner.cost.durations import ChunkDurations, PipelineDurations, p2p_s
@@ -185,7 +184,7 @@ class CostModel:
     def _chunk_key(self, config: ParallelConfig) -> tuple:
         """What the per-chunk durations depend on (not dp, ZeRO, grad sync: what the search varies most)."""
         return (config.micro_batch_size, config.seq_len, config.tp, config.sequence_parallel, config.ep,
-                config.recompute, config.num_chunks, config.stage_layers, config.stage_recompute_layers,
+                config.recompute, config.num_chunks, tuple(config.stage_layers), tuple(config.stage_recompute_layers),
                 group_layout(config.degrees, "ep", self.cluster.devices_per_node) if self.model.is_moe else (),
                 config.schedule in SPLIT_BACKWARD_SCHEDULES)
 
