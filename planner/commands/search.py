@@ -78,14 +78,14 @@ def _progress():
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    bar = Progress(TextColumn("[bold]search"), BarColumn(), MofNCompleteColumn(), TextColumn("groups"),
+    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("groups"),
                    TextColumn("{task.fields[counts]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
                    console=Console(stderr=True), transient=True)
     task = bar.add_task("search", total=None, counts="")
 
-    def update(done: int, total: int, stats: SearchStats) -> None:
-        bar.update(task, completed=done, total=total, counts=(f"evaluated {stats.evaluated}, pruned {stats.pruned}, "
-                                                              f"infeasible {stats.infeasible}"))
+    def update(phase: str, done: int, total: int, stats: SearchStats) -> None:
+        bar.update(task, description=phase, completed=done, total=total, counts=(
+            f"estimates {stats.evaluated}, pruned {stats.pruned}, infeasible {stats.infeasible}"))
     return bar, update
 
 

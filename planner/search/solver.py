@@ -114,7 +114,7 @@ def simplicity(c: ParallelConfig) -> tuple:
 
 class _Search:
     def __init__(self, space: SearchSpace, cm: Any, options: SearchOptions,
-                 progress: Callable[[int, int, SearchStats], None] | None):
+                 progress: Callable[[str, int, int, SearchStats], None] | None):
         self.space, self.cm, self.opt, self.progress = space, cm, options, progress
         self.cap = float(cm.capacity_bytes)
         self.stats = SearchStats()
@@ -309,7 +309,9 @@ class _Search:
         """(bound, index, group, schedules, syncs, pins) for every group whose layers can fit at all."""
         bounded = []
         plain: dict[tuple, tuple[ComputeGroup, dict]] = {}
-        for g, schedules, syncs in groups:
+        for i, (g, schedules, syncs) in enumerate(groups):
+            if self.progress and i % 16 == 0:
+                self.progress("bounding", i, len(groups), self.stats)
             n = len(schedules) * len(syncs)
             self.stats.enumerated += n
             pins = self._group_pins(g, schedules, syncs)
@@ -352,7 +354,7 @@ class _Search:
         lb_of: dict[str, float] = {}
         for i, (lb, _, g, schedules, syncs, pins) in enumerate(bounded):
             if self.progress:
-                self.progress(i, len(bounded), self.stats)
+                self.progress("exploring", i, len(bounded), self.stats)
             if lb >= self.threshold() or self.elapsed() > self.opt.time_limit_s:
                 self._stop(bounded[i:], timed_out=lb < self.threshold())
                 break
@@ -362,7 +364,7 @@ class _Search:
             for r in self.records[before:]:
                 lb_of[r.base_name] = r.lower_bound_s or lb
         if self.progress:
-            self.progress(len(bounded), len(bounded), self.stats)
+            self.progress("exploring", len(bounded), len(bounded), self.stats)
         if self.rank():
             self.refine(lb_of)
         ranked = self.rank()
@@ -406,8 +408,11 @@ class _Search:
 
 
 def search(space: SearchSpace, cost_model: Any, options: SearchOptions | None = None,
-           progress: Callable[[int, int, SearchStats], None] | None = None) -> SearchResult:
-    """Find the fastest configurations that fit. InfeasibleError (one line) when nothing can."""
+           progress: Callable[[str, int, int, SearchStats], None] | None = None) -> SearchResult:
+    """Find the fastest configurations that fit. InfeasibleError (one line) when nothing can.
+
+    ``progress(phase, done, total, stats)`` is called as groups are bounded ('bounding') and explored
+    ('exploring'), for a progress bar."""
     try:
         return _Search(space, cost_model, options or SearchOptions(), progress).run()
     except ConfigError as exc:  # a generator bug would surface here; never a traceback for users
