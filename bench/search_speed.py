@@ -4,7 +4,9 @@
 
 1. Speed bars (median of ``--repeats`` full searches, each with a fresh CostModel, outputs not written):
    GPT-3 175B on 1024 A100 80GB, global batch 1536 (bar 10 s); Llama 3.1 405B on 16,384 H100, global batch
-   2048 x 8192 tokens (bar 60 s). Printed: seconds, ratio to the bar (<= 1 passes), ratio to the baseline
+   2048 x 8192 tokens (bar 60 s). Printed: wall seconds, CPU seconds of this process (the search is one
+   thread, so on an unloaded machine wall ~ CPU; on a shared one CPU shows what the search itself costs),
+   ratio to the bar (<= 1 passes), ratio to the baseline
    Calculon needed for the first case on this machine (> 50 minutes, issue #3), and the search counts.
 2. Calibration rows (planner/data/published_runs.csv through planner.cost.calibration, the inputs
    ``planner validate`` uses, era options included): for each row, search the row's model, cluster, world
@@ -48,19 +50,21 @@ CALCULON_BASELINE_S = 50 * 60.0
 
 def speed(repeats: int) -> bool:
     ok = True
-    print(f"{'case':56s} {'median s':>9} {'bar s':>6} {'/bar':>6} {'vs Calculon':>12}  counts")
+    print(f"{'case':56s} {'median s':>9} {'cpu s':>6} {'bar s':>6} {'/bar':>6} {'vs Calculon':>12}  counts")
     for label, model, cluster, gpus, gb, seq, bar in BARS:
         m = PRESETS[model] if seq is None else PRESETS[model].replace(seq_len=seq)
         c = resolve_cluster(cluster, gpus=gpus)
-        times, result = [], None
+        times, cpu, result = [], [], None
         for _ in range(repeats):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             result = search(SearchSpace(m, c, gb), CostModel(m, c), SearchOptions())
             times.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
         med = statistics.median(times)
         s = result.stats
         ok &= med <= bar and not s.timed_out
-        print(f"{label:56s} {med:9.2f} {bar:6.0f} {med / bar:6.2f} {CALCULON_BASELINE_S / med:11.0f}x  "
+        print(f"{label:56s} {med:9.2f} {statistics.median(cpu):6.2f} {bar:6.0f} {med / bar:6.2f} "
+              f"{CALCULON_BASELINE_S / med:11.0f}x  "
               f"enumerated {s.enumerated}, estimates {s.evaluated}, feasible {s.feasible}, pruned {s.pruned}, "
               f"infeasible {s.infeasible}, CP-SAT {s.partitions_cpsat} ({s.cpsat_optimal} optimal); "
               f"best {result.best.name} {result.best.step_time_s:.3f} s")
