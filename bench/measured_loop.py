@@ -6,9 +6,10 @@
    TP 1/2/4; ``python -m profiler links --nproc 2`` and ``4``), merged into one profile.
 2. Plans it for 2 and 4 gloo processes (``python -m planner search --cluster cpu --profile``): the free
    choice, and every runnable layout of dp / tp / pp and their pairs with the rest left to the planner.
-3. Runs every plan with the runtime (forked gloo ranks, ``runtime.engine.Engine``), ``--repeats`` launches
-   of ``--steps`` steps; a plan's measured step time is the median over launches of the median step after
-   the warm-up steps (this is a shared 2-core machine: medians, not means).
+3. Runs every plan with the runtime (forked gloo ranks, ``runtime.engine.Engine``), ``--repeats`` rounds
+   of one launch of ``--steps`` steps per plan (round-robin, so load drift on this shared machine hits all
+   plans alike); a plan's measured step time is the median over launches of the median step after the
+   warm-up steps (medians, not means).
 4. Prints predicted vs measured per plan, the MAPE, the Spearman rank correlation, and how much slower the
    planner's chosen plan measured than the best measured plan of its world size.
 5. Load balancing: runs a 2-stage pipeline plan with its first stage slowed (``--slow-factor``), writes the
@@ -32,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.measured_loop_runs import measure_plan, rebalance_demo  # noqa: E402
+from bench.measured_loop_runs import launch, rebalance_demo, step_time  # noqa: E402
 
 BENCH_MODEL = {
     "name": "bench-llama", "num_layers": 8, "hidden_size": 256, "ffn_hidden_size": 688, "num_heads": 8,
@@ -158,13 +159,13 @@ def main() -> int:
             plans.setdefault(p["name"], p)
     print(f"{len(plans)} plans; measuring each {args.repeats} x {args.steps} steps", flush=True)
 
-    rows = []
-    for name, p in plans.items():
-        meas = measure_plan(p["plan_path"], p["world"], args.steps, args.warmup_steps, args.repeats)
-        rows.append((p["world"], name, p["step_time_s"], meas))
-        print(f"  {name:<32} world {p['world']}  predicted {p['step_time_s']:.3f} s  measured {meas:.3f} s  "
-              f"({(p['step_time_s'] - meas) / meas:+.0%})", flush=True)
-
+    # Rounds: every plan once per round, so a busy minute on this shared machine spreads over all plans.
+    runs: dict[str, list[float]] = {name: [] for name in plans}
+    for r in range(args.repeats):
+        for name, p in plans.items():
+            runs[name].append(step_time(launch(p["plan_path"], p["world"], args.steps), args.warmup_steps))
+        print(f"  round {r + 1}/{args.repeats} done (load average {os.getloadavg()[0]:.1f})", flush=True)
+    rows = [(p["world"], name, p["step_time_s"], statistics.median(runs[name])) for name, p in plans.items()]
     print(f"\n{'plan':<32}{'world':>6}{'predicted_s':>13}{'measured_s':>12}{'error':>8}  chosen")
     for world, name, pred, meas in sorted(rows):
         mark = "*" if chosen.get(world) == name else ""
@@ -181,6 +182,10 @@ def main() -> int:
     if not args.no_rebalance:
         rebalance_demo(model_path, profile, cluster_file(profile, 2, out), out, args.steps, args.warmup_steps, args.repeats, args.slow_factor,
                        GLOBAL_BATCH)
+    load = os.getloadavg()[0]
+    if load > (os.cpu_count() or 1):
+        print(f"note: load average {load:.1f} on {os.cpu_count()} cores: other processes shared this machine; "
+              "expect noisy numbers (rerun on a quiet machine)")
     print(f"MAPE {mape:.1%}, Spearman {rho:.2f}, chosen plan {max(gaps):.1%} slower than best measured")
     return 0
 

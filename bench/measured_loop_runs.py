@@ -89,10 +89,6 @@ def step_time(per_rank: list[dict], warmup: int) -> float:
     return statistics.median(max(s) for s in kept)
 
 
-def measure_plan(plan_path: str, world: int, steps: int, warmup: int, repeats: int, **kw) -> float:
-    return statistics.median(step_time(launch(plan_path, world, steps, **kw), warmup) for _ in range(repeats))
-
-
 def rebalance_demo(model_path: Path, profile: Path, cluster: Path, out: Path, steps: int, warmup: int, repeats: int,
                    factor: float, global_batch: int) -> None:
     """Slow pipeline stage 0, measure, rebalance from the measured trace, resume under the new plan."""
@@ -104,15 +100,18 @@ def rebalance_demo(model_path: Path, profile: Path, cluster: Path, out: Path, st
            "--global-batch", str(global_batch), "--profile", str(profile), "--out", str(d / "plan"), "--json",
            "--fix", "dp=1", "--fix", "tp=1", "--fix", "pp=2", "--fix", "schedule=1f1b", "--time-limit", "20"]
     _run(cmd)
-    plan_path, ckpt = str(d / "plan" / "plan.json"), str(d / "ckpt")
-    runs = [launch(plan_path, 2, steps, slow_stage=0, slow_factor=factor, ckpt_dir=ckpt, save=(i == 0),
-                   trace=str(d / "measured_trace.json") if i == 0 else None) for i in range(repeats)]
-    before = statistics.median(step_time(r, warmup) for r in runs)
+    plan_path, ckpt, new_path = str(d / "plan" / "plan.json"), str(d / "ckpt"), str(d / "rebalanced_plan.json")
+    first = launch(plan_path, 2, steps, slow_stage=0, slow_factor=factor, ckpt_dir=ckpt, save=True,
+                   trace=str(d / "measured_trace.json"))
     _run([py, "-m", "planner", "rebalance", "--plan", plan_path, "--measured", str(d / "measured_trace.json"),
-          "--profile", str(profile), "--out", str(d / "rebalanced_plan.json")])
-    new_path = str(d / "rebalanced_plan.json")
-    after = statistics.median(step_time(launch(new_path, 2, steps, slow_stage=0, slow_factor=factor, ckpt_dir=ckpt,
-                                               resume=True), warmup) for _ in range(repeats))
+          "--profile", str(profile), "--out", new_path])
+    before, after = [step_time(first, warmup)], []
+    for _ in range(repeats):  # alternate, so load drift hits both alike; each resume reads the same checkpoint
+        after.append(step_time(launch(new_path, 2, steps, slow_stage=0, slow_factor=factor, ckpt_dir=ckpt,
+                                      resume=True), warmup))
+        if len(before) < repeats:
+            before.append(step_time(launch(plan_path, 2, steps, slow_stage=0, slow_factor=factor), warmup))
+    before, after = statistics.median(before), statistics.median(after)
     old_layers = json.loads(Path(plan_path).read_text())["config"]["stage_layers"] or "even"
     new_layers = json.loads(Path(new_path).read_text())["config"]["stage_layers"]
     print(f"rebalance: stage 0 slowed x{factor:g}; layers {old_layers} -> {new_layers}; measured step "
