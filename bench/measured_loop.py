@@ -71,30 +71,11 @@ def profile_machine(model_path: Path, out: Path, reuse: bool) -> Path:
     return merged
 
 
-def cluster_file(profile: Path, world: int, out: Path) -> Path:
-    """This machine as a cluster: the ``cpu`` preset (N local gloo processes) with its spec-sheet defaults
-    replaced by the profile (Profile.calibrated_cluster) and the RAM shared among the N processes (the
-    preset's 2 GiB default is a laptop guess)."""
-    import dataclasses
-
-    from planner.cluster_spec import resolve_cluster
-    from planner.io import atomic_write_json
-    from planner.profile import Profile
-
-    cpu = Profile.load(profile).calibrated_cluster(resolve_cluster("cpu", gpus=world))
-    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    cpu = dataclasses.replace(cpu, device=dataclasses.replace(cpu.device, memory_bytes=int(ram // world)))
-    path = out / f"cluster_cpu{world}.json"
-    atomic_write_json(path, cpu.to_dict())
-    return path
-
-
 def plan(model_path: Path, profile: Path, world: int, fixes: dict[str, int], out: Path) -> dict:
     """Run the planner; returns its JSON summary plus the plan path."""
     name = "_".join(f"{k}{v}" for k, v in fixes.items()) or "chosen"
     d = out / "plans" / f"w{world}_{name}"
-    cluster = cluster_file(profile, world, out)
-    cmd = [sys.executable, "-m", "planner", "search", "--model", str(model_path), "--cluster", str(cluster),
+    cmd = [sys.executable, "-m", "planner", "search", "--model", str(model_path), "--cluster", "cpu",
            "--gpus", str(world), "--global-batch", str(GLOBAL_BATCH), "--profile", str(profile),
            "--out", str(d), "--json", "--time-limit", "20"]
     full = {"dp": 1, "tp": 1, "pp": 1, **fixes} if fixes else {}
@@ -180,7 +161,7 @@ def main() -> int:
         print(f"world {world}: chosen {chosen[world]} measured {mine:.3f} s, best measured {best:.3f} s "
               f"({(mine - best) / best:+.1%})")
     if not args.no_rebalance:
-        rebalance_demo(model_path, profile, cluster_file(profile, 2, out), out, args.steps, args.warmup_steps, args.repeats, args.slow_factor,
+        rebalance_demo(model_path, profile, out, args.steps, args.warmup_steps, args.repeats, args.slow_factor,
                        GLOBAL_BATCH)
     load = os.getloadavg()[0]
     if load > (os.cpu_count() or 1):

@@ -89,14 +89,14 @@ def step_time(per_rank: list[dict], warmup: int) -> float:
     return statistics.median(max(s) for s in kept)
 
 
-def rebalance_demo(model_path: Path, profile: Path, cluster: Path, out: Path, steps: int, warmup: int, repeats: int,
+def rebalance_demo(model_path: Path, profile: Path, out: Path, steps: int, warmup: int, repeats: int,
                    factor: float, global_batch: int) -> None:
     """Slow pipeline stage 0, measure, rebalance from the measured trace, resume under the new plan."""
     d = out / "rebalance"
     shutil.rmtree(d, ignore_errors=True)
     d.mkdir(parents=True)
     py = sys.executable
-    cmd = [py, "-m", "planner", "search", "--model", str(model_path), "--cluster", str(cluster), "--gpus", "2",
+    cmd = [py, "-m", "planner", "search", "--model", str(model_path), "--cluster", "cpu", "--gpus", "2",
            "--global-batch", str(global_batch), "--profile", str(profile), "--out", str(d / "plan"), "--json",
            "--fix", "dp=1", "--fix", "tp=1", "--fix", "pp=2", "--fix", "schedule=1f1b", "--time-limit", "20"]
     _run(cmd)
