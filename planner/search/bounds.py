@@ -42,6 +42,9 @@ from typing import Any
 import numpy as np
 
 from planner.compression import LOSSY_MIN_STEP_GAIN
+from planner.cost.pipeline import inflight_per_chunk
+from planner.parallel_config import ParallelConfig
+from planner.search.space import ComputeGroup, SearchSpace
 
 LOSSY_PENALTY = 1.0 / (1.0 - LOSSY_MIN_STEP_GAIN)
 
@@ -165,3 +168,33 @@ def rank_key(step_time_s: float, compression: str) -> float:
 def sync_variant_lower_bound_s(base_step_time_s: float, base_breakdown: dict[str, float]) -> float:
     """Bound on any grad-sync / compression variant of an all-reduce, uncompressed estimate."""
     return max(0.0, base_step_time_s - float(base_breakdown.get("dp_sync_exposed", 0.0)))
+
+
+def rows_bound(space: SearchSpace, capacity_bytes: float, g: ComputeGroup, pins: dict[int, Any],
+               members: list[tuple[str, int, int]], collapse: bool) -> np.ndarray:
+    """Lower bounds (s) for (schedule, v, zero) members of a group (``pins``: PartitionInputs per ZeRO stage);
+    with ``collapse``, one row per ZeRO stage taking the element-wise minimum over schedules: a bound for
+    the whole group. Members with one chunk per rank also get the fill/drain bound."""
+    m = g.micro_batches(space.global_batch)
+    plist, infl, ranks = [], [], []
+    for sched, v, z in members:
+        plist.append(pins[z])
+        infl.append(inflight_per_chunk(sched, g.pp, v, m))
+        ranks.append([ParallelConfig.chunk_to_pp_rank(c, g.pp, sched) for c in range(g.pp * v)])
+    rows = relaxed_rows(plist, infl, ranks, g.pp, [sched != "zbv" for sched, _, _ in members], m)
+    any_pin = next(iter(pins.values()))
+    if collapse:
+        zs = sorted(pins)
+        idx = [[k for k, mem in enumerate(members) if mem[2] == z] for z in zs]
+        rows = RelaxedRows(
+            inflight=np.stack([rows.inflight[i].min(axis=0) for i in idx]),
+            fixed_time_s=np.stack([rows.fixed_time_s[i].min(axis=0) for i in idx]),
+            fixed_bytes=np.stack([rows.fixed_bytes[i].min(axis=0) for i in idx]),
+            layer_static_bytes=np.array([rows.layer_static_bytes[i].min() for i in idx]))
+        return relaxed_bottleneck_lower_bound_s(any_pin, rows, m, capacity_bytes, g.recompute != "full")
+    lbs = relaxed_bottleneck_lower_bound_s(any_pin, rows, m, capacity_bytes, g.recompute != "full")
+    work = work_per_microbatch_s(any_pin)
+    for k, (sched, v, z) in enumerate(members):
+        if v == 1:
+            lbs[k] = max(lbs[k], fill_drain_lower_bound_s(work, m, g.pp))
+    return lbs

@@ -13,6 +13,17 @@ from planner.search.partition_result import PartitionResult
 
 STATUSES = ("ok", "infeasible", "pruned")
 
+_SCHEDULE_ORDER = {"1f1b": 0, "gpipe": 1, "interleaved": 2, "zbv": 3}
+_RECOMPUTE_ORDER = {"none": 0, "selective": 1, "full": 2}
+
+
+def ranking_tiebreak(c: ParallelConfig) -> tuple:
+    """Tie-break between equally fast candidates: the one with less machinery (lower ZeRO stage, plain sync, no
+    compression, 1F1B, fewer chunks, no SP, less recomputation, even split) is easier to run and to debug."""
+    return (c.zero_stage, c.grad_sync != "allreduce", c.compression != "none", _SCHEDULE_ORDER[c.schedule],
+            c.virtual_stages, c.sequence_parallel, _RECOMPUTE_ORDER[c.recompute], sum(c.stage_recompute_layers),
+            bool(c.stage_layers))
+
 
 @dataclass(frozen=True)
 class CandidateRecord:

@@ -1,11 +1,14 @@
 """Search orchestration: enumerate, bound, estimate, partition, rank; count everything.
 
-1. Every compute group of the space (``space.compute_groups``) gets its compute lower bound and memory
-   floor (``bounds``) from ``CostModel.partition_inputs``: a few hundred microseconds each.
+1. Every compute group of the space (``space.compute_groups``) gets a lower bound (``bounds.rows_bound``:
+   the relaxed, memory-aware bottleneck) from ``CostModel.partition_inputs``; a group whose layers cannot
+   fit even with full recomputation is infeasible as a whole, and a group with the same time and memory as
+   another (selective recompute under FlashAttention) is recorded as equivalent.
 2. Groups are explored best bound first (branch and bound). Once ``top_k`` candidates are known, a group
    whose bound is not below the k-th best ranking key is pruned with every group after it: the bound
    holds for any split, schedule and sync option, so the optimum (and the top k) are never dropped.
-3. Inside a group every schedule x ZeRO stage is estimated; grad-sync and compression variants only when
+3. Inside a group each schedule x ZeRO stage gets its own bound (with the fill/drain terms) and is estimated
+   unless that bound cannot beat the k-th best; grad-sync and compression variants only when
    their bound (``sync_variant_lower_bound_s``) can beat the k-th best. A candidate whose even split does
    not fit gets a layer split with full-recompute layers per chunk: the greedy first, CP-SAT to settle it
    when the greedy finds none.
@@ -16,20 +19,18 @@
 from __future__ import annotations
 
 import heapq
+import math
 import time
-
-import numpy as np
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from planner.cost.pipeline import inflight_per_chunk
 from planner.errors import ConfigError, InfeasibleError
 from planner.parallel_config import ParallelConfig
 from planner.search import bounds
 from planner.search.partition import solve_cpsat
 from planner.search.partition_greedy import solve_greedy
 from planner.search.partition_problem import problem_from_inputs
-from planner.search.records import CandidateRecord, SearchResult, SearchStats
+from planner.search.records import CandidateRecord, SearchResult, SearchStats, ranking_tiebreak
 from planner.search.space import (ComputeGroup, SearchSpace, SyncOption, compute_groups, explain_empty, make_config,
                                   schedule_options, sync_options)
 
@@ -68,48 +69,6 @@ def _group_name(g: ComputeGroup) -> str:
     if g.sequence_parallel:
         parts.append("sp")
     return "_".join(parts) + "_*"
-
-
-def rows_bound(space: SearchSpace, capacity_bytes: float, g: ComputeGroup, pins: dict[int, Any],
-               members: list[tuple[str, int, int]], collapse: bool) -> np.ndarray:
-    """Lower bounds (s) for (schedule, v, zero) members of a group (``pins``: PartitionInputs per ZeRO stage);
-    with ``collapse``, one row per ZeRO stage taking the element-wise minimum over schedules: a bound for
-    the whole group. Members with one chunk per rank also get the fill/drain bound."""
-    m = g.micro_batches(space.global_batch)
-    plist, infl, ranks = [], [], []
-    for sched, v, z in members:
-        plist.append(pins[z])
-        infl.append(inflight_per_chunk(sched, g.pp, v, m))
-        ranks.append([ParallelConfig.chunk_to_pp_rank(c, g.pp, sched) for c in range(g.pp * v)])
-    rows = bounds.relaxed_rows(plist, infl, ranks, g.pp, [sched != "zbv" for sched, _, _ in members], m)
-    any_pin = next(iter(pins.values()))
-    if collapse:
-        zs = sorted(pins)
-        idx = [[k for k, mem in enumerate(members) if mem[2] == z] for z in zs]
-        rows = bounds.RelaxedRows(
-            inflight=np.stack([rows.inflight[i].min(axis=0) for i in idx]),
-            fixed_time_s=np.stack([rows.fixed_time_s[i].min(axis=0) for i in idx]),
-            fixed_bytes=np.stack([rows.fixed_bytes[i].min(axis=0) for i in idx]),
-            layer_static_bytes=np.array([rows.layer_static_bytes[i].min() for i in idx]))
-        return bounds.relaxed_bottleneck_lower_bound_s(any_pin, rows, m, capacity_bytes, g.recompute != "full")
-    lbs = bounds.relaxed_bottleneck_lower_bound_s(any_pin, rows, m, capacity_bytes, g.recompute != "full")
-    work = bounds.work_per_microbatch_s(any_pin)
-    for k, (sched, v, z) in enumerate(members):
-        if v == 1:
-            lbs[k] = max(lbs[k], bounds.fill_drain_lower_bound_s(work, m, g.pp))
-    return lbs
-
-
-_SCHEDULE_ORDER = {"1f1b": 0, "gpipe": 1, "interleaved": 2, "zbv": 3}
-_RECOMPUTE_ORDER = {"none": 0, "selective": 1, "full": 2}
-
-
-def simplicity(c: ParallelConfig) -> tuple:
-    """Tie-break between equally fast candidates: the one with less machinery (lower ZeRO stage, plain sync, no
-    compression, 1F1B, fewer chunks, no SP, less recomputation, even split) is easier to run and to debug."""
-    return (c.zero_stage, c.grad_sync != "allreduce", c.compression != "none", _SCHEDULE_ORDER[c.schedule],
-            c.virtual_stages, c.sequence_parallel, _RECOMPUTE_ORDER[c.recompute], sum(c.stage_recompute_layers),
-            bool(c.stage_layers))
 
 
 class _Search:
@@ -214,16 +173,16 @@ class _Search:
         members = [(sched, v, z) for sched, v in schedules for z in by_zero]
         pins = {z: pins[z] if z in pins else self.cm.partition_inputs(
             make_config(self.space, g, *schedules[0], SyncOption(zero=z))) for z in by_zero}
-        lbs = rows_bound(self.space, self.cap, g, pins, members, collapse=False)
+        lbs = bounds.rows_bound(self.space, self.cap, g, pins, members, collapse=False)
         order = sorted(range(len(members)), key=lambda k: (lbs[k], k))
         for k in order:
             sched, v, zero = members[k]
             lb_s = float(lbs[k])
             opts = by_zero[zero]
-            if lb_s >= self.threshold() or not np.isfinite(lb_s):
+            if lb_s >= self.threshold() or not math.isfinite(lb_s):
                 for s in opts:
                     config = make_config(self.space, g, sched, v, s)
-                    if np.isfinite(lb_s):
+                    if math.isfinite(lb_s):
                         self.add(CandidateRecord(config.name, "pruned", config, lower_bound_s=lb_s, reason=(
                             f"bound: lower bound {lb_s:.3f} s >= the {self.opt.top_k}th best {self.threshold():.3f} s")))
                     else:
@@ -284,9 +243,9 @@ class _Search:
         for r in self.records:
             if r.status == "ok":
                 cur = best.get(r.base_name)
-                if cur is None or (r.key, simplicity(r.config), r.name) < (cur.key, simplicity(cur.config), cur.name):
+                if cur is None or (r.key, ranking_tiebreak(r.config), r.name) < (cur.key, ranking_tiebreak(cur.config), cur.name):
                     best[r.base_name] = r
-        return sorted(best.values(), key=lambda r: (r.key, simplicity(r.config), r.name))
+        return sorted(best.values(), key=lambda r: (r.key, ranking_tiebreak(r.config), r.name))
 
     # ------------------------------------------------------------------ driver
     def _group_pins(self, g: ComputeGroup, schedules: list, syncs: list[SyncOption]) -> dict[int, Any]:
@@ -326,8 +285,8 @@ class _Search:
                     f"equivalent: same time and memory as {_group_name(plain[key][0])} (recompute none)")))
                 continue
             members = [(sched, v, z) for sched, v in schedules for z in pins]
-            lb = float(rows_bound(self.space, self.cap, g, pins, members, collapse=True).min())
-            if not np.isfinite(lb):
+            lb = float(bounds.rows_bound(self.space, self.cap, g, pins, members, collapse=True).min())
+            if not math.isfinite(lb):
                 floor = min(bounds.memory_floor_bytes(p, g.pp) for p in pins.values())
                 self.floors.append((floor, g))
                 self.add(CandidateRecord(_group_name(g), "infeasible", None, count=n, group=_group_dims(g),

@@ -13,7 +13,8 @@ from planner.cost import CostModel
 from planner.model_presets import PRESETS
 from planner.search import bounds
 from planner.search.constraints import parse_fixes
-from planner.search.solver import SearchOptions, rows_bound, search
+from planner.search.bounds import rows_bound
+from planner.search.solver import SearchOptions, search
 from planner.search.space import ComputeGroup, SearchSpace, SyncOption, enumerate_configs, make_config, sync_options
 
 SPACES = {
