@@ -37,6 +37,9 @@ GiB = 2**30
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.epilog = (f"With no arguments: --model {DEFAULT_REQUEST['model']} --cluster {DEFAULT_REQUEST['cluster']} --gpus "
+                f"{DEFAULT_REQUEST['gpus']} --global-batch {DEFAULT_REQUEST['global_batch']} --seq {DEFAULT_REQUEST['seq']}. "
+                "Exit codes: 0 plan written, 2 nothing satisfies the request (one line on stderr, nothing written).")
     add_model_cluster_args(p, model_default=None, cluster_default=None)
     g = p.add_argument_group("search")
     g.add_argument("--fix", action="append", default=[], metavar="K=V",
