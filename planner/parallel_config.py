@@ -75,7 +75,7 @@ class ParallelConfig:
             if not isinstance(getattr(self, n), bool):
                 raise ConfigError(f"{n} must be true or false, got {getattr(self, n)!r}")
         p = self.compression_param
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not math.isfinite(p) or p < 0:
+        if not _finite_number(p) or p < 0:
             raise ConfigError(f"compression_param must be a finite number >= 0 (0: the method's default), got {p!r}")
         if self.schedule in ("gpipe", "1f1b") and self.virtual_stages != 1:
             raise ConfigError(f"schedule {self.schedule} runs one model chunk per rank; got virtual_stages="
@@ -236,6 +236,16 @@ class ParallelConfig:
 
     def replace(self, **changes: Any) -> "ParallelConfig":
         return dataclasses.replace(self, **changes)
+
+
+def _finite_number(v: Any) -> bool:
+    """A real, finite number within float range (an integer like 10**400 is not)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:
+        return False
 
 
 def even_split(num_layers: int, num_chunks: int) -> tuple[int, ...]:

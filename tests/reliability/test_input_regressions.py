@@ -89,7 +89,7 @@ def test_config_field_types() -> None:
         ParallelConfig(**CFG, stage_layers=(2, 2), stage_recompute_layers=("a", 1))
     with pytest.raises(ConfigError, match="exceed the layers per chunk"):
         ParallelConfig(**CFG, stage_recompute_layers=(3, 0)).validate_for(PRESETS["tiny-gpt"], 8)
-    for bad in ("abc", math.nan, -1.0, None):
+    for bad in ("abc", math.nan, math.inf, -1.0, None, 10**400, -(10**400)):
         with pytest.raises(ConfigError, match="compression_param"):
             ParallelConfig(**CFG, compression_param=bad)
     with pytest.raises(ConfigError, match="sequence_parallel must be true or false"):
