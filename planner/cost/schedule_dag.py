@@ -54,7 +54,8 @@ def schedule_dag_of(sched: Schedule) -> ScheduleDag:
     step = 3 * m  # id distance between the same action on neighbouring chunks
     # action id = (chunk * m + micro-batch) * 3 + kind; dependency (module docstring): F(c-1), B(c+1) or the last
     # chunk's own F, W's own B; -1 for none
-    ids = [[(a.chunk * m + a.microbatch) * 3 + _KIND[a.kind] for a in acts] for acts in sched.actions]
+    kind = _KIND
+    ids = [[(c * m + i) * 3 + kind[k] for c, k, i in acts] for acts in sched.actions]
     last_chunk = (C - 1) * step
     dep_of = [-1] * (n_ids + 1)
     for lst in ids:
