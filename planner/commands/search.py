@@ -129,7 +129,9 @@ def render(result: SearchResult, top: int, out_files: dict[str, Path], tokens: f
     lines.append(f"searched {s.enumerated} configurations in {s.wall_s:.1f} s: {s.evaluated} estimates, "
                  f"{s.feasible} feasible, {s.pruned} pruned, {s.infeasible} infeasible; "
                  f"{s.partitions_cpsat} CP-SAT splits ({s.cpsat_optimal} optimal)"
-                 + (f"; TIME LIMIT: {s.unexplored} unexplored, gap <= {s.search_gap * 100:.1f}%" if s.timed_out else ""))
+                 + (f"; TIME LIMIT: {s.unexplored} unexplored, " + (
+                     f"gap <= {s.search_gap * 100:.1f}%" if math.isfinite(s.search_gap) else "gap unknown")
+                    if s.timed_out else ""))
     if s.reasons:
         lines.append("  not kept: " + ", ".join(f"{k} {v}" for k, v in s.reasons.most_common()))
     lines.append("files:")

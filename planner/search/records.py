@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -93,6 +94,7 @@ class SearchStats:
         d = {k: getattr(self, k) for k in ("enumerated", "evaluated", "feasible", "pruned", "infeasible", "groups",
                                            "groups_explored", "partitions_greedy", "partitions_cpsat", "cpsat_optimal",
                                            "max_gap", "timed_out", "unexplored", "search_gap", "wall_s")}
+        d = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}  # JSON-safe
         d["reasons"] = dict(self.reasons)
         d["candidates_per_s"] = self.enumerated / self.wall_s if self.wall_s > 0 else None
         return d

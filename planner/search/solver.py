@@ -35,6 +35,8 @@ from planner.search.space import (ComputeGroup, SearchSpace, SyncOption, compute
                                   schedule_options, sync_options)
 
 GiB = 2**30
+BOUNDING_SHARE = 0.5
+"""Share of the time limit the bounding pass may use before the best-bounded groups are explored."""
 
 
 @dataclass(frozen=True)
@@ -271,6 +273,18 @@ class _Search:
         for i, (g, schedules, syncs) in enumerate(groups):
             if self.progress and i % 16 == 0:
                 self.progress("bounding", i, len(groups), self.stats)
+            if self.elapsed() > BOUNDING_SHARE * self.opt.time_limit_s:  # leave time to explore what is bounded
+                rest = groups[i:]
+                self.stats.timed_out = True
+                self.stats.search_gap = float("inf")  # the groups left have no bound: no gap can be claimed
+                for g2, s2, y2 in rest:
+                    n2 = len(s2) * len(y2)
+                    self.stats.enumerated += n2
+                    self.stats.unexplored += n2
+                    self.add(CandidateRecord(_group_name(g2), "pruned", None, count=n2, group=_group_dims(g2),
+                                             members=_members(self.space, g2, s2, y2),
+                                             reason="not explored: time limit (not bounded)"))
+                break
             n = len(schedules) * len(syncs)
             self.stats.enumerated += n
             pins = self._group_pins(g, schedules, syncs)
@@ -338,7 +352,8 @@ class _Search:
             self.stats.timed_out = True
             self.stats.unexplored += sum(len(s) * len(y) for _, _, _, s, y, _ in rest)
             ranked = self.rank()
-            self.stats.search_gap = max(0.0, (ranked[0].key - rest[0][0]) / ranked[0].key) if ranked else float("inf")
+            gap = max(0.0, (ranked[0].key - rest[0][0]) / ranked[0].key) if ranked else float("inf")
+            self.stats.search_gap = max(self.stats.search_gap, gap)
         for lb, _, g, schedules, syncs, _ in rest:
             self.add(CandidateRecord(_group_name(g), "pruned", None, count=len(schedules) * len(syncs), lower_bound_s=lb,
                                      group=_group_dims(g), members=_members(self.space, g, schedules, syncs), reason=(
