@@ -9,6 +9,10 @@ Atomic: every rank writes into ``DIR/.step_00000012.partial``; only after DCP ha
 any moment leaves either no ``step_*`` directory or a complete one; ``latest`` ignores anything
 else, so a restarted job resumes from the last complete checkpoint.
 
+Safe loading: DCP's own ``.metadata`` is a pickle; the runtime never reads it. ``hybridplan.json``
+carries the same metadata as JSON and ``runtime.dcp_safe`` feeds DCP from it, so a crafted
+checkpoint cannot run code when loaded.
+
 Resharding: parameters and optimizer state are saved under their global names as DTensors with
 their TP / FSDP placements (runtime.state), so a checkpoint loads under any plan of the same model:
 other degrees, another stage split, another ZeRO stage (DCP moves the slices). The optimizer type
@@ -29,6 +33,7 @@ import torch.distributed.checkpoint as dcp
 
 from planner.errors import SpecError
 from planner.io import atomic_write_json, read_json
+from runtime.dcp_safe import JsonMetadataReader, TensorOnlyLoadPlanner, metadata_to_json
 from runtime.optim import ensure_state
 from runtime.state import model_state, optimizer_state, tied_copies
 
@@ -79,7 +84,7 @@ def save(engine, root: str | Path, before_commit: Callable[[], None] | None = No
         shutil.rmtree(tmp, ignore_errors=True)  # a torn earlier attempt of the same step
     _barrier()
     state = {**model_state(engine.chunks), **optimizer_state(engine.chunks, engine.optimizer)}
-    dcp.save(state, checkpoint_id=str(tmp))
+    metadata = dcp.save(state, checkpoint_id=str(tmp))
     _barrier()
     if before_commit is not None:
         before_commit()
@@ -89,7 +94,7 @@ def save(engine, root: str | Path, before_commit: Callable[[], None] | None = No
             "kind": META_KIND, "version": META_VERSION, "step": step, "data": engine.loader.state_dict(),
             "plan_name": engine.plan.config.name, "plan_digest": engine.plan.digest,
             "world_size": engine.plan.config.world_size, "model": engine.plan.model.to_dict(),
-            "optimizer": engine.options.optim.name,
+            "optimizer": engine.options.optim.name, "dcp": metadata_to_json(metadata),
         })
         if final.exists():
             shutil.rmtree(final)
@@ -108,6 +113,8 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     if meta.get("version") != META_VERSION:
         raise SpecError(f"{path}: checkpoint format version {meta.get('version')!r} is not supported "
                         f"(expected {META_VERSION})")
+    if not isinstance(meta.get("dcp"), dict):
+        raise SpecError(f"{path / META_NAME}: the DCP metadata (JSON copy) is missing")
     step = meta.get("step")
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
         raise SpecError(f"{path}: checkpoint step must be a non-negative integer, got {step!r}")
@@ -127,7 +134,7 @@ def load(engine, path: str | Path) -> int:
                         f"{engine.options.optim.name}")
     ensure_state(engine.optimizer)
     state = {**model_state(engine.chunks, for_load=True), **optimizer_state(engine.chunks, engine.optimizer)}
-    dcp.load(state, checkpoint_id=str(path))
+    dcp.load(state, storage_reader=JsonMetadataReader(str(path), meta["dcp"]), planner=TensorOnlyLoadPlanner())
     for copy, source in tied_copies(engine.chunks):
         if source is not None:
             copy.data.copy_(source.data)

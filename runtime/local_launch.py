@@ -5,7 +5,9 @@ that has already imported torch, so a rank starts in ~0.1 s instead of ~5 s, and
 (a closure is fine: nothing is pickled) runs as is. The launcher is robust in the ways a
 distributed test suite needs (Galvatron ``tests/conftest.py::run_distributed``):
 
-* a free TCP port per run (``MASTER_PORT``), so concurrent test runs do not collide;
+* a rendezvous store per run hosted by the parent on a port the OS assigns (no "free port" race
+  with concurrent test runs); ranks join it as clients, as under torchrun's agent store
+  (``TORCHELASTIC_USE_AGENT_STORE=True``, so ``init_process_group('env://')`` also works in a rank);
 * a wall-clock timeout per run; on gloo a mismatched collective hangs rather than fails;
 * the first rank that fails (exception, non-zero exit, signal) kills every other rank at once;
 * every rank's stdout + stderr goes to its own log, and a failure shows all of them.
@@ -62,7 +64,8 @@ class LaunchResult:
 
 
 def free_port() -> int:
-    """A TCP port nobody listens on right now (the OS picks it; tiny race window, retried by callers)."""
+    """A TCP port nobody listens on right now (the OS picks it; another process may take it before it
+    is used: for rendezvous the launcher hosts its own store instead)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -80,8 +83,8 @@ def _child(fn: Callable[..., Any], rank: int, world_size: int, port: int, workdi
         sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
         os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
                            "WORLD_SIZE": str(world_size), "LOCAL_RANK": str(rank),
-                           "LOCAL_WORLD_SIZE": str(world_size), "GLOO_SOCKET_IFNAME": os.environ.get(
-                               "GLOO_SOCKET_IFNAME", "lo")})
+                           "LOCAL_WORLD_SIZE": str(world_size), "TORCHELASTIC_USE_AGENT_STORE": "True",
+                           "GLOO_SOCKET_IFNAME": os.environ.get("GLOO_SOCKET_IFNAME", "lo")})
         os.environ.update(env)
         import torch
         import torch.distributed as dist
@@ -93,7 +96,9 @@ def _child(fn: Callable[..., Any], rank: int, world_size: int, port: int, workdi
             be = backend or ("nccl" if torch.cuda.is_available() else "gloo")
             if be == "nccl":
                 torch.cuda.set_device(rank % torch.cuda.device_count())
-            dist.init_process_group(be, rank=rank, world_size=world_size)
+            store = dist.TCPStore("127.0.0.1", port, world_size, is_master=False)
+            dist.init_process_group(be, store=dist.PrefixStore("default_pg", store), rank=rank,
+                                    world_size=world_size)
         value = fn(*args, **kwargs)
         text = json.dumps(value)
         tmp = workdir / f".rank{rank}.json.tmp"
@@ -124,6 +129,18 @@ def _read_logs(workdir: Path, world_size: int) -> list[str]:
     return logs
 
 
+_PEER_FAILURE = ("connection closed by peer", "connection reset by peer", "remote worker", "broken pipe")
+
+
+def _culprit(first_seen: int, status: list[str | None], logs: list[str]) -> int:
+    """The rank to blame: ranks that die because a peer died ("Connection closed by peer") can be
+    reaped in the same poll as the one that failed first; prefer a failed rank whose log shows its
+    own error over one that only reports a lost peer."""
+    failed = [r for r, st in enumerate(status) if st and st != "exit 0" and "launcher" not in st]
+    own = [r for r in failed if not any(w in logs[r].lower() for w in _PEER_FAILURE)]
+    return own[0] if own and first_seen not in own else first_seen
+
+
 def _format_failure(headline: str, logs: list[str], statuses: list[str]) -> str:
     parts = [headline]
     for r, (log, status) in enumerate(zip(logs, statuses)):
@@ -148,7 +165,10 @@ def run_ranks(fn: Callable[..., Any], world_size: int, *args: Any, timeout_s: fl
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="hp-launch-") as tmp:
         workdir = Path(tmp)
-        port = free_port()
+        import torch.distributed as dist
+
+        server = dist.TCPStore("127.0.0.1", 0, world_size, is_master=True, wait_for_workers=False)
+        port = server.port
         pids: list[int] = []
         for rank in range(world_size):
             pid = os.fork()
@@ -192,6 +212,7 @@ def run_ranks(fn: Callable[..., Any], world_size: int, *args: Any, timeout_s: fl
                         pass
                     os.waitpid(pid, 0)
                     status[r] = "killed by the launcher" if not timed_out else "killed on timeout"
+        del server  # stops the rendezvous store
         logs = _read_logs(workdir, world_size)
         wall_s = time.monotonic() - start
         if timed_out:
@@ -199,6 +220,7 @@ def run_ranks(fn: Callable[..., Any], world_size: int, *args: Any, timeout_s: fl
                 f"distributed run of {getattr(fn, '__name__', fn)} on {world_size} ranks timed out after "
                 f"{timeout_s:.0f} s (a hung collective?)", logs, [str(s) for s in status]), logs)
         if failed is not None:
+            failed = _culprit(failed, status, logs)
             raise LaunchError(_format_failure(
                 f"rank {failed} of {world_size} failed ({status[failed]}) running "
                 f"{getattr(fn, '__name__', fn)}; every rank was stopped", logs, [str(s) for s in status]), logs)

@@ -69,3 +69,14 @@ def test_logs_are_returned() -> None:
 
     res = run_ranks(worker, 2)
     assert all("step 1 loss 0.5" in log for log in res.logs)
+
+
+def _env_init() -> int:
+    dist.init_process_group("gloo", init_method="env://")  # joins the launcher's store as a client
+    t = torch.ones(1)
+    dist.all_reduce(t)
+    return int(t.item())
+
+
+def test_ranks_may_initialise_themselves_from_the_environment() -> None:
+    assert launch(_env_init, 3, init_process_group=False) == [3, 3, 3]
