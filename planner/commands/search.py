@@ -74,6 +74,23 @@ def run_name(model: str, cluster: str, world: int) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", f"{model}-{cluster}-{world}")
 
 
+def command_line(args: argparse.Namespace, world: int, global_batch: int, seq_len: int) -> str:
+    """The command that reproduces this search, every default made explicit."""
+    parts = ["python", "-m", "planner", "search", "--model", args.model, "--cluster", args.cluster]
+    parts += ["--nodes", str(args.nodes)] if args.nodes else ["--gpus", str(world)]
+    parts += ["--global-batch", str(global_batch), "--seq", str(seq_len)]
+    for f in args.fix:
+        parts += ["--fix", f]
+    if args.profile:
+        parts += ["--profile", args.profile]
+    parts += ["--time-limit", f"{args.time_limit:g}", "--top", str(args.top)]
+    if args.tokens:
+        parts += ["--tokens", f"{args.tokens:g}"]
+    if args.out:
+        parts += ["--out", args.out]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
 def _progress():
     """A rich progress bar with ETA on stderr, only when stderr is a terminal."""
     if not sys.stderr.isatty():
@@ -156,9 +173,7 @@ def run(args: argparse.Namespace) -> int:
         result = search(space, cm, options)
     out = Path(args.out) if args.out else Path("reports") / run_name(inp.model.name, inp.cluster.name,
                                                                      inp.cluster.world_size)
-    info = RunInfo(command="python -m planner search " + " ".join(shlex.quote(a) for a in sys.argv[2:])
-                   if len(sys.argv) > 1 and sys.argv[1] == "search" else "python -m planner " + " ".join(
-                       shlex.quote(a) for a in sys.argv[1:]),
+    info = RunInfo(command=command_line(args, inp.cluster.world_size, inp.global_batch, inp.seq_len),
                    steps=args.steps, tokens=args.tokens or 0.0, profile=args.profile or "")
     plan, files = write_search_outputs(out, inp.model, inp.cluster, result, info, cm)
     if args.json:

@@ -28,7 +28,7 @@ from planner.io import atomic_write_json, atomic_write_text, staged_directory
 from planner.model_spec import ModelSpec
 from planner.plan import Plan
 from planner.report import write_search_report
-from planner.search.records import CandidateRecord, SearchResult, SearchStats
+from planner.search.records import CandidateRecord, SearchResult
 
 PLAN_FILE = "plan.json"
 CANDIDATES_FILE = "candidates.csv"
@@ -244,4 +244,4 @@ def write_search_outputs(final_dir: str | Path, model: ModelSpec, cluster: Clust
 
 
 __all__ = ["write_search_outputs", "write_run_files", "build_plan", "summary", "candidates_csv", "torchrun_command",
-           "sbatch_script", "RunInfo", "SearchStats"]
+           "sbatch_script", "RunInfo"]
