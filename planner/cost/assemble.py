@@ -112,9 +112,15 @@ def assemble(cm, config: ParallelConfig, replicas: ExpertReplicas | None = None)
                                        min(config.dp, edp), cm.hw.hbm_bytes_per_s))
         if config.zero_stage >= 3 and config.dp > 1:
             n, per_node = group_layout(config.degrees, "dp", dpn)
+            # ZeRO-3 / FSDP re-gathers the parameters in the forward and again in the backward of every
+            # micro-batch and reduce-scatters that micro-batch's gradients into the shards: 3x the parameter
+            # volume per forward/backward (Rajbhandari et al. 2020 Sec 7.2.2). The last micro-batch's
+            # reduce-scatter is the step's DP sync priced above, so it is not counted twice here.
+            # These run on their own stream beside the compute; only what exceeds the compute is exposed.
             gather = 2 * cm.comm.time_s("all_gather", dense * mdl.dtype_bytes, n, per_node)
+            scatter = cm.comm.time_s("reduce_scatter", dense * cm.options.grad_bytes, n, per_node) * (m - 1) / m
             per_mb = busy[r] / m
-            zero3 = max(zero3, m * max(0.0, gather - per_mb))
+            zero3 = max(zero3, m * max(0.0, gather + scatter - per_mb))
     dp_exposed = end_all - res.makespan_s
 
     # --- breakdown on the busiest rank
