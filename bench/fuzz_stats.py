@@ -31,7 +31,8 @@ def main(argv: list[str]) -> int:
 
     target = ["tests/reliability"] if "--all" in argv else sorted(
         str(p.relative_to(ROOT)) for p in (ROOT / "tests" / "reliability").glob("test_fuzz_*.py"))
-    target.append(str((ROOT / "tests" / "reliability" / "test_estimate_memory.py").relative_to(ROOT)))
+    if "--all" not in argv:
+        target += ["tests/reliability/test_estimate_memory.py", "tests/reliability/test_plan_invariants.py"]
     with tempfile.TemporaryDirectory() as d:
         stats = Path(d) / "fuzz_stats.json"
         os.environ[fuzzlib.STATS_ENV] = str(stats)
