@@ -67,16 +67,9 @@ def _engine_and_checkpoint(tmp_path: Path):
     return engine, path
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG owned by runtime/checkpoint.py::load: dcp.load(checkpoint_id=...) uses DCP's FileSystemReader, whose "
-    "read_metadata is a plain pickle.load of .metadata (and DefaultLoadPlanner.load_bytes is "
-    "torch.load(weights_only=False)): a crafted checkpoint runs code on load. Fix: dcp.load(state, "
-    "storage_reader=SafeReader(path), planner=SafePlanner()) with SafeReader(FileSystemReader) overriding "
-    "read_metadata to use a pickle.Unpickler subclass whose find_class allows only the module "
-    "torch.distributed.checkpoint.metadata, torch.distributed.checkpoint.filesystem._StorageInfo, torch.Size, "
-    "torch dtypes, torch.serialization._get_layout, pathlib.PosixPath (raise SpecError otherwise), and "
-    "SafePlanner(DefaultLoadPlanner) overriding load_bytes with torch.load(value, weights_only=True)"))
 def test_booby_trapped_checkpoint_does_not_run_code(tmp_path) -> None:
+    """DCP's .metadata is a pickle; the runtime used to load it with DCP's FileSystemReader (a plain pickle.load),
+    so a crafted checkpoint ran code. Reported by this suite; the runtime now reads a JSON copy (runtime.dcp_safe)."""
     engine, path = _engine_and_checkpoint(tmp_path)
     marker = tmp_path / "PWNED"
     (path / ".metadata").write_bytes(_trap(marker))
