@@ -78,6 +78,8 @@ class RelaxedRows:
     """Embedding / head static + activations, and the rank's other bytes."""
     layer_static_bytes: np.ndarray
     """K: smallest per-layer static bytes (depends on the ZeRO stage)."""
+    total_static_bytes: np.ndarray
+    """K: static bytes of all transformer layers together (mixed layers: the per-layer minimum undercounts)."""
 
 
 def relaxed_rows(pins: list[Any], inflight: list[tuple[int, ...]], chunk_ranks: list[list[int]],
@@ -90,6 +92,7 @@ def relaxed_rows(pins: list[Any], inflight: list[tuple[int, ...]], chunk_ranks: 
     ftime = np.zeros((K, pp))
     fbytes = np.zeros((K, pp))
     static = np.zeros(K)
+    total_static = np.zeros(K)
     per_pin: dict[int, tuple[float, ...]] = {}
     ranks_ = np.arange(pp)
     for k, (pin, infl, ranks) in enumerate(zip(pins, inflight, chunk_ranks)):
@@ -99,8 +102,9 @@ def relaxed_rows(pins: list[Any], inflight: list[tuple[int, ...]], chunk_ranks: 
             got = per_pin[id(pin)] = (float(pin.embed_time_s), float(pin.head_time_s), float(pin.rank_other_bytes),
                                       float(pin.embed_static_bytes), float(pin.embed_activation_bytes),
                                       float(pin.head_static_bytes), float(pin.head_activation_bytes),
-                                      float(min(pin.layer_static_bytes)), float(min(pin.layer_time_s)))
-        e_t, h_t, other, e_s, e_a, h_s, h_a, s_min, t_min = got
+                                      float(min(pin.layer_static_bytes)), float(min(pin.layer_time_s)),
+                                      float(sum(pin.layer_static_bytes)))
+        e_t, h_t, other, e_s, e_a, h_s, h_a, s_min, t_min, s_total = got
         first, last = ranks[0], ranks[-1]
         ftime[k, first] += e_t
         ftime[k, last] += h_t
@@ -108,9 +112,10 @@ def relaxed_rows(pins: list[Any], inflight: list[tuple[int, ...]], chunk_ranks: 
         fbytes[k, first] += e_s + infl[0] * e_a
         fbytes[k, last] += h_s + infl[-1] * h_a
         static[k] = s_min
+        total_static[k] = s_total
         if fill_drain and fill_drain[k] and pp > 1:
             ftime[k, :] += (ranks_ * t_min + np.where(ranks_ > 0, e_t, 0.0)) / micro_batches
-    return RelaxedRows(inf_min, ftime, fbytes, static)
+    return RelaxedRows(inf_min, ftime, fbytes, static, total_static)
 
 
 def relaxed_bottleneck_lower_bound_s(pin: Any, rows: RelaxedRows, micro_batches: int, capacity_bytes: float,
@@ -129,6 +134,10 @@ def relaxed_bottleneck_lower_bound_s(pin: Any, rows: RelaxedRows, micro_batches:
     n0 = np.where(room >= 0, room / per_plain, -1.0)  # layers that fit without recompute
     nmax = np.where(room >= 0, room / per_full, -1.0)  # layers that fit at all
     feasible = (room >= 0).all(axis=1) & (np.where(room >= 0, nmax, 0).sum(axis=1) >= L - 1e-9)
+    # all layers must be placed somewhere: their static bytes plus at least one checkpoint each, held by the
+    # chunk that keeps the fewest micro-batches in flight
+    floor_act = float(sum(pin.layer_activation_full_recompute_bytes if allow_recompute else pin.layer_activation_bytes))
+    feasible &= np.clip(room, 0, None).sum(axis=1) >= rows.total_static_bytes + i.min(axis=1) * floor_act
     # extra recompute time per layer beyond n0: x * R'(N) with R(N) = (N per_plain - room) / (i d)
     with np.errstate(divide="ignore", invalid="ignore"):
         slope = np.where((i * d) > 0, x * per_plain / (i * d), np.inf)
@@ -190,10 +199,15 @@ def rows_bound(space: SearchSpace, capacity_bytes: float, g: ComputeGroup, pins:
             inflight=np.stack([rows.inflight[i].min(axis=0) for i in idx]),
             fixed_time_s=np.stack([rows.fixed_time_s[i].min(axis=0) for i in idx]),
             fixed_bytes=np.stack([rows.fixed_bytes[i].min(axis=0) for i in idx]),
-            layer_static_bytes=np.array([rows.layer_static_bytes[i].min() for i in idx]))
-        return relaxed_bottleneck_lower_bound_s(any_pin, rows, m, capacity_bytes, g.recompute != "full")
+            layer_static_bytes=np.array([rows.layer_static_bytes[i].min() for i in idx]),
+            total_static_bytes=np.array([rows.total_static_bytes[i].min() for i in idx]))
+        out = relaxed_bottleneck_lower_bound_s(any_pin, rows, m, capacity_bytes, g.recompute != "full")
+        return np.maximum(out, compute_lower_bound_s(any_pin, m, g.pp))
     lbs = relaxed_bottleneck_lower_bound_s(any_pin, rows, m, capacity_bytes, g.recompute != "full")
     work = work_per_microbatch_s(any_pin)
+    # the relaxation prices every layer at the cheapest layer's time; with mixed layers the plain compute bound
+    # (the true total) can be higher
+    lbs = np.maximum(lbs, compute_lower_bound_s(any_pin, m, g.pp))
     for k, (sched, v, z) in enumerate(members):
         if v == 1:
             lbs[k] = max(lbs[k], fill_drain_lower_bound_s(work, m, g.pp))

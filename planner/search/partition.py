@@ -111,6 +111,27 @@ def _solver(time_limit_s: float, workers: int, seed: int) -> cp_model.CpSolver:
     return solver
 
 
+def find_feasible(p: PartitionProblem, *, time_limit_s: float = DEFAULT_TIME_LIMIT_S, workers: int = 1,
+                  seed: int = 0) -> PartitionResult:
+    """Any split that fits, or a proof that none does (no objective: a satisfaction problem, far quicker than
+    the optimisation; the solver optimises the leading candidates' splits later)."""
+    t0 = time.perf_counter()
+    model, n, r, _, _, _ = _build(p)
+    solver = _solver(time_limit_s, workers, seed)
+    status = solver.Solve(model)
+    wall = time.perf_counter() - t0
+    if status in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        layers = tuple(solver.Value(v) for v in n)
+        rec = tuple(solver.Value(v) for v in r)
+        return PartitionResult.from_evaluation(p, layers, rec, evaluate(p, layers, rec), solver="cp-sat",
+                                               status="feasible", wall_s=wall)
+    even = p.even_layers
+    ev = evaluate(p, even, (0,) * p.num_chunks)
+    return PartitionResult.from_evaluation(p, even, (0,) * p.num_chunks, ev, solver="cp-sat",
+                                           status="infeasible" if status == cp_model.INFEASIBLE else "unknown",
+                                           wall_s=wall)
+
+
 def solve_cpsat(p: PartitionProblem, *, time_limit_s: float = DEFAULT_TIME_LIMIT_S,
                 hint: PartitionResult | None = None, workers: int = 1, seed: int = 0) -> PartitionResult:
     """Best split under the per-rank memory limits, within ``time_limit_s`` (deterministic for a fixed seed).

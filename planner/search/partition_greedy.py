@@ -20,6 +20,8 @@ from planner.parallel_config import even_split
 from planner.search.partition_problem import Evaluation, PartitionProblem, evaluate
 from planner.search.partition_result import PartitionResult
 
+MAX_LOCAL_MOVES = 48
+"""Local-search moves at most (each tries every boundary both ways): a warm start, not the answer."""
 _KEYS = ("layer_time", "layer_extra", "layer_static", "layer_act", "layer_act_full")
 
 
@@ -180,21 +182,28 @@ def local_search(p: PartitionProblem, layers: Sequence[int], pre: dict[str, list
 
 
 def solve_greedy(p: PartitionProblem, quick: bool = False) -> PartitionResult:
-    """Bottleneck split (v = 1) or the even split (v > 1), then local search. ``quick``: first try the even
-    split with recompute filled in, and stop there if it fits (the solver's fast path; CP-SAT polishes
-    the leading candidates later)."""
+    """Bottleneck split (v = 1) or the even split (v > 1), then local search.
+
+    ``quick`` (the solver's fast path, where any split that fits will do): the even split with recompute filled
+    in, else the bottleneck split (v = 1; exact about feasibility for identical layers), and no local search;
+    CP-SAT settles the rest and polishes the leading candidates later."""
     t0 = time.perf_counter()
     pre = prefixes(p)
     if quick:
         even = p.even_layers
         rec = fill_recompute(p, even, pre)
         ev = evaluate(p, even, rec, pre)
-        if ev.feasible:
-            return PartitionResult.from_evaluation(p, even, rec, ev, solver="greedy", status="feasible",
-                                                   wall_s=time.perf_counter() - t0)
+        if not ev.feasible:
+            start = bottleneck_split(p, pre)
+            if start is not None:
+                even, rec = start, fill_recompute(p, start, pre)
+                ev = evaluate(p, even, rec, pre)
+        return PartitionResult.from_evaluation(p, even, rec, ev, solver="greedy",
+                                               status="feasible" if ev.feasible else "infeasible",
+                                               wall_s=time.perf_counter() - t0)
     start = bottleneck_split(p, pre)
     # the bottleneck split is already optimal in its bottleneck: a few moves settle the fill/drain term
     layers, rec, ev = local_search(p, start or even_split(p.num_layers, p.num_chunks), pre,
-                                   max_moves=8 if start else 4 * p.num_chunks)
+                                   max_moves=8 if start else min(4 * p.num_chunks, MAX_LOCAL_MOVES))
     return PartitionResult.from_evaluation(p, layers, rec, ev, solver="greedy", status="feasible" if ev.feasible
                                            else "infeasible", wall_s=time.perf_counter() - t0)

@@ -27,7 +27,7 @@ from typing import Any, Callable
 from planner.errors import ConfigError, InfeasibleError
 from planner.parallel_config import ParallelConfig
 from planner.search import bounds
-from planner.search.partition import solve_cpsat
+from planner.search.partition import find_feasible, solve_cpsat
 from planner.search.partition_greedy import solve_greedy
 from planner.search.partition_problem import problem_from_inputs
 from planner.search.records import CandidateRecord, SearchResult, SearchStats, ranking_tiebreak
@@ -149,7 +149,7 @@ class _Search:
         if not part.feasible:
             exact = problem.chunks_per_rank == 1 and problem.homogeneous  # the greedy decides feasibility exactly
             if not exact and bounds.rank_key(lb_s, config.compression) < self.threshold():
-                part = solve_cpsat(problem, time_limit_s=self.opt.feasibility_time_limit_s, hint=part)
+                part = find_feasible(problem, time_limit_s=self.opt.feasibility_time_limit_s)
                 self.stats.partitions_cpsat += 1
                 exact = part.status == "infeasible"
             if not part.feasible:
