@@ -15,7 +15,11 @@
   i_r the fewest micro-batches any chunk of rank r holds in flight. Every integer split is one of these
   fractional ones, so m x (smallest bottleneck B with sum_r N_r(B) >= L) is a lower bound on the
   busiest rank's work. It charges a configuration for the recomputation it *must* do to fit, which the
-  compute-only bound cannot see; when even full recomputation cannot fit the layers it is infinite.
+  compute-only bound cannot see; when even full recomputation cannot fit the layers it is infinite, and
+  so it is when the ranks' room together cannot hold every layer's static bytes plus one checkpoint each
+  (in the chunk with the fewest micro-batches in flight). With mixed layers (MoE after dense layers) the
+  cheapest layer prices all of them, so the result is also raised to the compute bound.
+* ``memory_floor_bytes``: average static bytes per rank plus overheads, reported when a group cannot fit.
 * fill and drain, in the relaxed bound (gpipe, 1f1b, interleaved; not zbv, whose trailing weight-gradient
   actions break the argument): on every rank r the last backward is B(chunk r, micro-batch m - 1) (checked
   for every schedule in tests), which cannot start before micro-batch 0 went forward through chunks

@@ -77,6 +77,24 @@ def test_sync_variants_save_at_most_the_exposed_dp_sync(key: str, pick: int) -> 
     assert cm.estimate(config).step_time_s >= lb * (1 - 1e-9)
 
 
+@pytest.mark.parametrize("name,vs", [("gpipe", (1,)), ("1f1b", (1,)), ("interleaved", (2, 3)), ("zbv", (2,))])
+def test_last_backward_on_each_rank_is_its_first_chunk(name: str, vs: tuple[int, ...]) -> None:
+    """The fill/drain bound rests on this: rank r's last backward is B(chunk r, last micro-batch)."""
+    from planner.schedules import build_schedule
+
+    for pp in (2, 3, 4, 8):
+        for v in vs:
+            for m in (pp, 2 * pp, 3 * pp + (0 if name == "interleaved" else 1)):
+                sched = build_schedule(name, pp, m, v)
+                for r in range(pp):
+                    last_b = [a for a in sched.actions[r] if a.kind == "B"][-1]
+                    assert (last_b.chunk, last_b.microbatch) == (r, m - 1)
+                    if name != "zbv":
+                        assert sched.actions[r][-1] == last_b, "nothing after it on the rank (zbv: only W)"
+                    else:
+                        assert all(a.kind == "W" for a in sched.actions[r][sched.actions[r].index(last_b) + 1:])
+
+
 @pytest.mark.parametrize("key,fixes", [
     ("gpt-1.7b/a100-40gb/16", ["tp=2"]),
     ("llama3.1-8b/a100-40gb/8", ["sp=false"]),
