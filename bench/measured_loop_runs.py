@@ -76,28 +76,11 @@ def _train_worker(plan_path: str, steps: int, slow_stage: int | None = None, slo
     return {"rank": dist.get_rank(), "times": times}
 
 
-def _parent_store_without_libuv() -> None:
-    """Workaround, until runtime/local_launch.py does it: its parent-hosted rendezvous TCPStore (libuv
-    backend) hangs ~1 in 3 launches of 4 forked ranks on this machine (empty rank logs, stuck in
-    init_process_group); the same store with ``use_libuv=False`` never did in our trials (0 of 12 vs 4 of 12)."""
-    import torch.distributed as dist
-
-    if getattr(dist.TCPStore, "_hp_no_libuv", False):
-        return
-    original = dist.TCPStore
-
-    def store(*args, **kwargs):
-        if kwargs.get("is_master"):
-            kwargs.setdefault("use_libuv", False)
-        return original(*args, **kwargs)
-    store._hp_no_libuv = True
-    dist.TCPStore = store
-
-
 def launch(plan_path: str, world: int, steps: int, **kw) -> list[dict]:
+    from profiler.launch import parent_store_without_libuv
     from runtime.local_launch import run_ranks
 
-    _parent_store_without_libuv()
+    parent_store_without_libuv()
     return run_ranks(_train_worker, world, plan_path, steps, timeout_s=900, **kw).values
 
 

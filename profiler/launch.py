@@ -12,6 +12,24 @@ from typing import Any, Callable
 from planner.errors import CheckFailedError
 
 
+def parent_store_without_libuv() -> None:
+    """Workaround, until runtime/local_launch.py does it: its parent-hosted rendezvous TCPStore (libuv
+    backend) hangs ~1 in 3 launches of 4 forked ranks on this machine (empty rank logs, stuck in
+    init_process_group); the same store with ``use_libuv=False`` never did in our trials (0 of 12 vs 4 of 12)."""
+    import torch.distributed as dist
+
+    if getattr(dist.TCPStore, "_hp_no_libuv", False):
+        return
+    original = dist.TCPStore
+
+    def store(*args, **kwargs):
+        if kwargs.get("is_master"):
+            kwargs.setdefault("use_libuv", False)
+        return original(*args, **kwargs)
+    store._hp_no_libuv = True
+    dist.TCPStore = store
+
+
 def launch_local(worker: Callable[[dict], Any], nproc: int, opts: dict, *, timeout_s: float = 900.0,
                  distributed: bool = True, threads_per_rank: int = 1) -> list[Any]:
     """Each rank's JSON-able return value; a failed rank becomes one line (its log goes to stderr)."""
@@ -19,6 +37,7 @@ def launch_local(worker: Callable[[dict], Any], nproc: int, opts: dict, *, timeo
 
     from runtime.local_launch import LaunchError, run_ranks
 
+    parent_store_without_libuv()
     try:
         result = run_ranks(worker, nproc, opts, timeout_s=timeout_s, init_process_group=distributed,
                            threads_per_rank=threads_per_rank)
