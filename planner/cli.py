@@ -59,7 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     while argv and argv[0] in ("-v", "--verbose"):
         verbose = True
         argv = argv[1:]
-    if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help", "--version")):
+    if argv and not argv[0].startswith("-") and argv[0] not in COMMANDS:
+        print(f"error: unknown command {argv[0][:100]!r} (expected one of: {', '.join(COMMANDS)})", file=sys.stderr)
+        return 2
+    if not argv or argv[0] not in COMMANDS and argv[0] not in ("-h", "--help", "--version"):
         argv = ["search", *argv]  # search is the main job: `python -m planner` runs the built-in default
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -5,6 +5,7 @@ Exit codes (README "Exit codes"):
      a request no parallel layout can satisfy (world size, batch divisibility, nothing fits)
   3  the configuration is valid but does not fit in device memory (``estimate``)
   4  a check failed (``validate`` thresholds missed, ``runtime verify`` past tolerance)
+  5  runtime: a collective timed out (a rank stopped responding; runtime/faults.py names the rank and op)
 """
 
 from __future__ import annotations

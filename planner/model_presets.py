@@ -122,8 +122,12 @@ def resolve_model(arg: str) -> ModelSpec:
     if arg in PRESETS:
         return PRESETS[arg]
     path = Path(arg)
-    if not path.exists():
-        raise SpecError(f"unknown model {arg!r}: not a preset ({', '.join(preset_names())}) and no such file")
+    try:
+        exists = path.exists()
+    except OSError:  # e.g. a name longer than the file system allows: not a file either
+        exists = False
+    if not exists:
+        raise SpecError(f"unknown model {arg[:200]!r}: not a preset ({', '.join(preset_names())}) and no such file")
     from planner.io import read_json_or_yaml
 
     data = read_json_or_yaml(path, "model file")

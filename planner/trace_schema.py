@@ -116,7 +116,7 @@ def _check_event(ev: TraceEvent, where: str) -> None:
         raise SpecError(f"{where}: name must be a non-empty string")
     for n in ("ts_us", "dur_us"):
         v = getattr(ev, n)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not _finite(v) or v < 0:
             raise SpecError(f"{where}: {n} must be a finite non-negative number of microseconds, got {v!r}")
     for n in ("chunk", "microbatch"):
         v = getattr(ev, n)
@@ -207,3 +207,11 @@ def load(path: str | Path) -> dict[str, Any]:
     data = read_json(path, "trace file")
     validate(data, str(path))
     return data
+
+
+def _finite(v: int | float) -> bool:
+    """math.isfinite overflows on integers beyond float range (e.g. 10**400 in a hand-edited trace)."""
+    try:
+        return math.isfinite(v)
+    except OverflowError:
+        return False
