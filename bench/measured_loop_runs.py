@@ -12,6 +12,7 @@ like a device ``factor`` times slower, so moving layers off it helps, as it woul
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -41,11 +42,12 @@ def _install_slowdown(models, factor: float) -> None:
             block.register_forward_hook(post)
 
 
-def _train_worker(plan_path: str, steps: int, slow_stage: int | None = None, slow_factor: float = 1.0,
-                  ckpt_dir: str | None = None, resume: bool = False, save: bool = False,
-                  trace: str | None = None) -> dict:
+def _train_worker(plan_path: str, steps: int, kw: dict) -> dict:
     """One rank: build the engine, optionally resume, run ``steps`` steps; returns the step times and, with
-    ``trace``, writes the measured timeline with the runtime's own recorder (runtime/trace.py)."""
+    ``trace``, writes the measured timeline with the runtime's own recorder (runtime/trace.py).
+    ``kw``: slow_stage, slow_factor, ckpt_dir, resume, save, trace."""
+    slow_stage, slow_factor = kw.get("slow_stage"), kw.get("slow_factor", 1.0)
+    ckpt_dir, resume, save, trace = kw.get("ckpt_dir"), kw.get("resume", False), kw.get("save", False), kw.get("trace")
     import torch.distributed as dist
 
     from planner.plan import Plan
@@ -77,11 +79,10 @@ def _train_worker(plan_path: str, steps: int, slow_stage: int | None = None, slo
 
 
 def launch(plan_path: str, world: int, steps: int, **kw) -> list[dict]:
-    from profiler.launch import parent_store_without_libuv
-    from runtime.local_launch import run_ranks
+    from profiler.launch import run_local
 
-    parent_store_without_libuv()
-    return run_ranks(_train_worker, world, plan_path, steps, timeout_s=900, **kw).values
+    return run_local(_train_worker, world, plan_path, steps, kw,
+                     timeout_s=float(os.environ.get("HP_LAUNCH_TIMEOUT", 900)))
 
 
 def step_time(per_rank: list[dict], warmup: int) -> float:

@@ -12,22 +12,47 @@ from typing import Any, Callable
 from planner.errors import CheckFailedError
 
 
-def parent_store_without_libuv() -> None:
-    """Workaround, until runtime/local_launch.py does it: its parent-hosted rendezvous TCPStore (libuv
-    backend) hangs ~1 in 3 launches of 4 forked ranks on this machine (empty rank logs, stuck in
-    init_process_group); the same store with ``use_libuv=False`` never did in our trials (0 of 12 vs 4 of 12)."""
+def _free_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rendezvous_worker(worker: Callable[..., Any], port: int, threads: int, *args: Any) -> Any:
+    """Join a gloo group whose store rank 0 hosts on ``port`` (tcp:// rendezvous), then run the worker.
+
+    Why not the launcher's own rendezvous: its parent-hosted TCPStore left a forked rank stuck creating
+    its store client in ~1 of 3 launches of 4 ranks here (traceback: runtime/local_launch.py _child,
+    ``dist.TCPStore(..., is_master=False)``), while rank-0-hosted stores never hung in our trials.
+    Drop this once runtime/local_launch.py is fixed.
+    """
+    import os
+
+    import torch
     import torch.distributed as dist
 
-    if getattr(dist.TCPStore, "_hp_no_libuv", False):
-        return
-    original = dist.TCPStore
+    os.environ.pop("TORCHELASTIC_USE_AGENT_STORE", None)  # else torch connects to the launcher's store
+    torch.set_num_threads(threads)
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        return worker(*args)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
-    def store(*args, **kwargs):
-        if kwargs.get("is_master"):
-            kwargs.setdefault("use_libuv", False)
-        return original(*args, **kwargs)
-    store._hp_no_libuv = True
-    dist.TCPStore = store
+
+def run_local(worker: Callable[..., Any], nproc: int, *args: Any, timeout_s: float = 900.0,
+              threads_per_rank: int = 1) -> list[Any]:
+    """``worker(*args)`` on ``nproc`` forked gloo ranks (runtime.local_launch.run_ranks for forking,
+    timeouts, logs and kill-on-failure); each rank's JSON-able return value. Raises LaunchError."""
+    from runtime.local_launch import run_ranks
+
+    port = _free_port()
+    return run_ranks(_rendezvous_worker, nproc, worker, port, threads_per_rank, *args, timeout_s=timeout_s,
+                     init_process_group=False, threads_per_rank=threads_per_rank).values
 
 
 def launch_local(worker: Callable[[dict], Any], nproc: int, opts: dict, *, timeout_s: float = 900.0,
@@ -37,9 +62,10 @@ def launch_local(worker: Callable[[dict], Any], nproc: int, opts: dict, *, timeo
 
     from runtime.local_launch import LaunchError, run_ranks
 
-    parent_store_without_libuv()
     try:
-        result = run_ranks(worker, nproc, opts, timeout_s=timeout_s, init_process_group=distributed,
+        if distributed:
+            return run_local(worker, nproc, opts, timeout_s=timeout_s, threads_per_rank=threads_per_rank)
+        result = run_ranks(worker, nproc, opts, timeout_s=timeout_s, init_process_group=False,
                            threads_per_rank=threads_per_rank)
     except LaunchError as exc:
         print(str(exc), file=sys.stderr)
