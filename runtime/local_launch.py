@@ -167,15 +167,35 @@ def run_ranks(fn: Callable[..., Any], world_size: int, *args: Any, timeout_s: fl
         workdir = Path(tmp)
         import torch.distributed as dist
 
-        server = dist.TCPStore("127.0.0.1", 0, world_size, is_master=True, wait_for_workers=False)
-        port = server.port
+        # Fork every rank BEFORE the parent starts the store: the store's server runs a thread, and a
+        # child forked while that thread holds a lock can deadlock creating its client (seen here: ~1 in 3
+        # 4-rank launches hung with no output). Each child blocks on a pipe until the parent sends the port
+        # the OS assigned; if the parent fails first, the pipe closes and the child exits non-zero.
         pids: list[int] = []
+        port_pipes: list[int] = []
         for rank in range(world_size):
+            read_fd, write_fd = os.pipe()
             pid = os.fork()
             if pid == 0:
-                _child(fn, rank, world_size, port, workdir, backend, init_process_group, threads_per_rank,
-                       dict(env or {}), args, kwargs)
+                os.close(write_fd)
+                for fd in port_pipes:
+                    os.close(fd)
+                with os.fdopen(read_fd, "rb") as pipe:
+                    port_text = pipe.readline().decode().strip()
+                if not port_text.isdigit():
+                    os._exit(3)  # the parent died before it could start the store
+                _child(fn, rank, world_size, int(port_text), workdir, backend, init_process_group,
+                       threads_per_rank, dict(env or {}), args, kwargs)
+            os.close(read_fd)
+            port_pipes.append(write_fd)
             pids.append(pid)
+        try:
+            server = dist.TCPStore("127.0.0.1", 0, world_size, is_master=True, wait_for_workers=False)
+            for fd in port_pipes:
+                os.write(fd, f"{server.port}\n".encode())
+        finally:
+            for fd in port_pipes:
+                os.close(fd)
         status: list[str | None] = [None] * world_size
         failed: int | None = None
         timed_out = False
