@@ -170,7 +170,8 @@ class Profile:
 
     def calibrated_cluster(self, cluster: Any) -> Any:
         """``cluster`` with its spec-sheet device rate and link numbers replaced by this profile's
-        measurements (at the cluster's concurrency): peak FLOP/s from ``matmul_<dtype>`` rates, and each
+        measurements (at the cluster's concurrency): peak FLOP/s from ``matmul_<dtype>`` rates, memory
+        bandwidth from the streaming ``memory_bandwidth`` rate, and each
         link level's latency / bandwidth from the send_recv fit of 2 ranks (a point-to-point link as
         used under all ranks' load). Use with the ``cpu`` preset so analytical terms the profile does not
         cover still reflect this machine."""
@@ -180,7 +181,8 @@ class Profile:
             rate = p.device_rate(f"matmul_{dtype}")
             if rate:
                 flops[dtype] = rate
-        device = dataclasses.replace(cluster.device, peak_flops=flops,
+        hbm = p.device_rate("memory_bandwidth") or cluster.device.hbm_bandwidth_bytes_per_s
+        device = dataclasses.replace(cluster.device, peak_flops=flops, hbm_bandwidth_bytes_per_s=hbm,
                                      source=f"measured: profile of {self.header.device} ({self.header.date})")
         fits = p._fits_cache()
         links = []

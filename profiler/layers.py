@@ -118,6 +118,18 @@ def matmul_rate(device: torch.device, dtype: torch.dtype, n: int = 512, repeats:
     return 2.0 * n**3 / t
 
 
+def memory_bandwidth(device: torch.device, dtype: torch.dtype, numel: int = 8 * 2**20, repeats: int = 9) -> float:
+    """Bytes/s of a streaming ``a += b`` (read a, read b, write a) on this rank while every rank runs one:
+    the memory-bound rate of optimizer steps and elementwise kernels (ClusterSpec hbm_bandwidth)."""
+    from profiler.timing import time_call_s
+
+    a = torch.zeros(numel, dtype=dtype, device=device)
+    b = torch.ones(numel, dtype=dtype, device=device)
+    a.add_(b)
+    t = statistics.median(time_call_s(lambda: a.add_(b), device, inner=2) for _ in range(repeats))
+    return 3.0 * a.nbytes / t
+
+
 def layers_worker(opts: dict) -> dict:
     """Runs on every rank: time every (tp, sp, seq, micro-batch, kind); returns this rank's rows."""
     from profiler.env import local_device
@@ -152,10 +164,12 @@ def layers_worker(opts: dict) -> dict:
                                  repeats=t.repeats, peak_memory_bytes=t.peak_memory_bytes))
     dist.barrier()
     rate = matmul_rate(device, bench.dtype)
-    return {"rows": rows, "matmul_flops_per_s": rate, "threads": torch.get_num_threads()}
+    dist.barrier()
+    bw = memory_bandwidth(device, bench.dtype)
+    return {"rows": rows, "matmul_flops_per_s": rate, "memory_bytes_per_s": bw, "threads": torch.get_num_threads()}
 
 
-def combine_ranks(per_rank: list[dict]) -> tuple[list[dict], float]:
+def combine_ranks(per_rank: list[dict]) -> tuple[list[dict], dict[str, float]]:
     """Median over ranks of every timing (ranks are symmetric; the median drops one rank's hiccup)."""
     out = []
     for rows in zip(*(r["rows"] for r in per_rank)):
@@ -167,4 +181,5 @@ def combine_ranks(per_rank: list[dict]) -> tuple[list[dict], float]:
         mems = [r["peak_memory_bytes"] for r in rows if r["peak_memory_bytes"] is not None]
         row["peak_memory_bytes"] = max(mems) if mems else None
         out.append(row)
-    return out, statistics.median(r["matmul_flops_per_s"] for r in per_rank)
+    rates = {k: statistics.median(r[k] for r in per_rank) for k in ("matmul_flops_per_s", "memory_bytes_per_s")}
+    return out, rates

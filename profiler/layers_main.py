@@ -62,23 +62,21 @@ def _under_torchrun(args: argparse.Namespace, spec, opts: dict, world: int) -> i
 
 
 def write_profile(out: str, spec, per_rank: list[dict], world: int, threads: int) -> Profile:
-    import torch
-
     from profiler.env import local_device, make_header
     from profiler.layers import combine_ranks
 
-    rows, rate = combine_ranks(per_rank)
+    rows, rates = combine_ranks(per_rank)
     device = local_device()
     per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world))
     conc = per_node
     header = make_header(device, "nccl" if device.type == "cuda" else "gloo", world, per_node,
                          notes=f"layers: {spec.name}, {threads} threads per rank")
     blocks = tuple(BlockRecord(model=spec.name, dtype=spec.dtype, concurrency=conc, **r) for r in rows)
-    rates = (DeviceRate(name=f"matmul_{spec.dtype}", value=rate, concurrency=conc),)
-    p = Profile(header=header, blocks=blocks, device_rates=rates, models={spec.name: spec.to_dict()})
+    device_rates = (DeviceRate(name=f"matmul_{spec.dtype}", value=rates["matmul_flops_per_s"], concurrency=conc),
+                    DeviceRate(name="memory_bandwidth", value=rates["memory_bytes_per_s"], concurrency=conc))
+    p = Profile(header=header, blocks=blocks, device_rates=device_rates, models={spec.name: spec.to_dict()})
     p.save(out)
     print(_summary(p))
-    del torch
     return p
 
 

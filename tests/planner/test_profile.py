@@ -35,7 +35,7 @@ def _profile(**kw) -> Profile:
     base = dict(header=_header(), models={"tiny-llama": model.to_dict()},
                 blocks=(_block(mb=1, fwd=1.0, bwd=2.0), _block(mb=4, fwd=4.0, bwd=8.0, rec=4.4)),
                 collectives=_samples() + _samples("send_recv", alpha=5e-5, beta=2e-9),
-                device_rates=(DeviceRate("matmul_fp32", 3e10, 2),))
+                device_rates=(DeviceRate("matmul_fp32", 3e10, 2), DeviceRate("memory_bandwidth", 4e9, 2)))
     base.update(kw)
     return Profile(**base)
 
@@ -155,7 +155,7 @@ def test_merge_keeps_samples_and_latest_blocks():
 def test_calibrated_cpu_cluster_uses_measurements():
     cpu = resolve_cluster("cpu", gpus=2)
     c = _profile().calibrated_cluster(cpu)
-    assert c.device.peak_flops["fp32"] == 3e10
+    assert c.device.peak_flops["fp32"] == 3e10 and c.device.hbm_bandwidth_bytes_per_s == 4e9
     assert c.intra_node.latency_s == pytest.approx(5e-5)
     assert c.intra_node.bandwidth_bytes_per_s == pytest.approx(5e8)
     assert c.devices_per_node == 2 and c.backend == "gloo"

@@ -35,7 +35,7 @@ def test_layers_two_ranks_tp_and_sp(tmp_path):
     fwd, bwd = p.block_time_s("attention", 2, 1, 32, True, model=resolve_model("tiny-llama"))
     assert fwd > 0 and bwd > 0
     assert p.block_time_s("attention", 4, 1, 32, False) is None
-    assert p.device_rate("matmul_fp32") > 0
+    assert p.device_rate("matmul_fp32") > 0 and p.device_rate("memory_bandwidth") > 0
 
 
 def test_layers_rejects_indivisible_tp(tmp_path, capsys):
