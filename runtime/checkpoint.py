@@ -30,10 +30,11 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 
 from planner.errors import SpecError
 from planner.io import atomic_write_json, read_json
-from runtime.dcp_safe import JsonMetadataReader, TensorOnlyLoadPlanner, metadata_to_json
+from runtime.dcp_safe import JsonMetadataReader, TensorOnlyLoadPlanner, metadata_from_json, metadata_to_json
 from runtime.optim import ensure_state
 from runtime.state import model_state, optimizer_state, tied_copies
 
@@ -115,6 +116,8 @@ def read_meta(path: str | Path) -> dict[str, Any]:
                         f"(expected {META_VERSION})")
     if not isinstance(meta.get("dcp"), dict):
         raise SpecError(f"{path / META_NAME}: the DCP metadata (JSON copy) is missing")
+    if not isinstance(meta.get("data"), dict):
+        raise SpecError(f"{path / META_NAME}: the data loader state ('data') is missing or not an object")
     step = meta.get("step")
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
         raise SpecError(f"{path}: checkpoint step must be a non-negative integer, got {step!r}")
@@ -134,7 +137,12 @@ def load(engine, path: str | Path) -> int:
                         f"{engine.options.optim.name}")
     ensure_state(engine.optimizer)
     state = {**model_state(engine.chunks, for_load=True), **optimizer_state(engine.chunks, engine.optimizer)}
-    dcp.load(state, storage_reader=JsonMetadataReader(str(path), meta["dcp"]), planner=TensorOnlyLoadPlanner())
+    metadata_from_json(meta["dcp"])  # a malformed JSON copy is a one-line SpecError before DCP starts
+    try:
+        dcp.load(state, storage_reader=JsonMetadataReader(str(path), meta["dcp"]), planner=TensorOnlyLoadPlanner())
+    except CheckpointException as exc:  # a BaseException: would escape `except Exception` as a traceback
+        last = next((line for line in reversed(str(exc).splitlines()) if line.strip()), type(exc).__name__)
+        raise SpecError(f"{path}: cannot load checkpoint: {last.strip()[:300]}") from None
     for copy, source in tied_copies(engine.chunks):
         if source is not None:
             copy.data.copy_(source.data)

@@ -131,9 +131,11 @@ def _train(args) -> int:
                      trace_steps=args.trace_steps, metrics_path=args.metrics)
     if tc.resume and tc.resume != "auto" and not os.path.isdir(tc.resume):
         raise ConfigError(f"--resume {tc.resume}: no such checkpoint directory")
+    from runtime.data import make_source
     from runtime.data_parallel import check_supported
 
     check_supported(plan.config, plan.model.is_moe)
+    make_source(args.data, plan.model.vocab_size, plan.config.seq_len, args.seed)  # bad --data: one line, here
     world = plan.config.world_size
     if "WORLD_SIZE" in os.environ:  # torchrun
         if int(os.environ["WORLD_SIZE"]) != world:

@@ -22,7 +22,7 @@ TARGETS = {"checkpoint": 50}
 # BUG owned by runtime/checkpoint.py (reported; strict-xfail repros below): DCP wraps every read error in
 # CheckpointException, a BaseException that escapes the CLI's `except Exception` as a raw traceback; and
 # read_meta does not check the 'data' entry (KeyError). Counted as known_bug until fixed; then remove.
-KNOWN = ("runtime/checkpoint.py",)
+KNOWN: tuple[str, ...] = ()  # the checkpoint bug below is fixed; kept as a regression test
 _STATE: dict[str, object] = {}
 
 
@@ -86,7 +86,6 @@ CKPT_BUG = ("BUG owned by runtime/checkpoint.py::load: DCP wraps any read failur
             "{last line of exc}') from None`; in read_meta, require meta['data'] to be an object")
 
 
-@pytest.mark.xfail(strict=True, reason=CKPT_BUG)
 @pytest.mark.parametrize("edit", ["dcp", "data", "shard"])
 def test_corrupt_checkpoint_is_one_line(tmp_path_factory, edit) -> None:
     from planner.errors import PlannerError

@@ -90,11 +90,6 @@ def test_world_mismatch_refused_before_process_group(tmp_path, monkeypatch) -> N
     assert not dist.is_initialized()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG owned by runtime/cli.py::_train: a bad --data ('weird', 'bytes:/missing') is only detected inside every "
-    "forked rank (runtime.data.make_source in Engine), so the user gets each rank's traceback and 'error: a rank "
-    "failed', exit 1. Fix: in _train (and _verify), before launching ranks, call runtime.data.make_source(args.data, "
-    "plan.model.vocab_size, plan.config.seq_len, args.seed) once so the ConfigError/SpecError is one line, exit 2"))
 @pytest.mark.parametrize("data_arg", ["weird", "bytes:/nonexistent/file.txt"])
 def test_bad_data_source_refused_up_front(tmp_path, data_arg) -> None:
     files = _files(tmp_path / "f")
