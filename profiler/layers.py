@@ -130,6 +130,25 @@ def memory_bandwidth(device: torch.device, dtype: torch.dtype, numel: int = 8 * 
     return 3.0 * a.nbytes / t
 
 
+def optimizer_step_s_per_param(spec: ModelSpec, device: torch.device, repeats: int = 7) -> float:
+    """Seconds per parameter of the runtime's own optimizer step (runtime/optim.py: AdamW, per-parameter
+    loop) over one transformer layer, while every rank runs one; a memory-bandwidth model misses the
+    per-tensor dispatch that dominates small models on CPU."""
+    from runtime.model import ChunkSpec, build_chunk, torch_dtype
+    from runtime.optim import OptimConfig, build_optimizer
+    from profiler.timing import time_call_s
+
+    layer = next((i for i in range(spec.num_layers) if not spec.is_moe_layer(i)), 0)
+    chunk = build_chunk(spec, ChunkSpec(layer, layer + 1, False, False), dtype=torch_dtype(spec.dtype), device=device)
+    opt = build_optimizer([chunk], OptimConfig())
+    params = [p for p in chunk.parameters() if p.requires_grad]
+    for p in params:
+        p.grad = torch.randn_like(p) * 1e-3
+    opt.step()  # state allocation happens on the first step
+    t = statistics.median(time_call_s(opt.step, device) for _ in range(repeats))
+    return t / sum(p.numel() for p in params)
+
+
 def layers_worker(opts: dict) -> dict:
     """Runs on every rank: time every (tp, sp, seq, micro-batch, kind); returns this rank's rows."""
     from profiler.env import local_device
@@ -166,7 +185,10 @@ def layers_worker(opts: dict) -> dict:
     rate = matmul_rate(device, bench.dtype)
     dist.barrier()
     bw = memory_bandwidth(device, bench.dtype)
-    return {"rows": rows, "matmul_flops_per_s": rate, "memory_bytes_per_s": bw, "threads": torch.get_num_threads()}
+    dist.barrier()
+    opt = optimizer_step_s_per_param(spec, device)
+    return {"rows": rows, "matmul_flops_per_s": rate, "memory_bytes_per_s": bw, "optimizer_s_per_param": opt,
+            "threads": torch.get_num_threads()}
 
 
 def combine_ranks(per_rank: list[dict]) -> tuple[list[dict], dict[str, float]]:
@@ -181,5 +203,6 @@ def combine_ranks(per_rank: list[dict]) -> tuple[list[dict], dict[str, float]]:
         mems = [r["peak_memory_bytes"] for r in rows if r["peak_memory_bytes"] is not None]
         row["peak_memory_bytes"] = max(mems) if mems else None
         out.append(row)
-    rates = {k: statistics.median(r[k] for r in per_rank) for k in ("matmul_flops_per_s", "memory_bytes_per_s")}
+    rates = {k: statistics.median(r[k] for r in per_rank)
+             for k in ("matmul_flops_per_s", "memory_bytes_per_s", "optimizer_s_per_param")}
     return out, rates

@@ -73,7 +73,9 @@ def write_profile(out: str, spec, per_rank: list[dict], world: int, threads: int
                          notes=f"layers: {spec.name}, {threads} threads per rank")
     blocks = tuple(BlockRecord(model=spec.name, dtype=spec.dtype, concurrency=conc, **r) for r in rows)
     device_rates = (DeviceRate(name=f"matmul_{spec.dtype}", value=rates["matmul_flops_per_s"], concurrency=conc),
-                    DeviceRate(name="memory_bandwidth", value=rates["memory_bytes_per_s"], concurrency=conc))
+                    DeviceRate(name="memory_bandwidth", value=rates["memory_bytes_per_s"], concurrency=conc),
+                    DeviceRate(name="optimizer_adamw_s_per_param", value=rates["optimizer_s_per_param"],
+                               concurrency=conc))
     p = Profile(header=header, blocks=blocks, device_rates=device_rates, models={spec.name: spec.to_dict()})
     p.save(out)
     print(_summary(p))

@@ -36,6 +36,7 @@ def test_layers_two_ranks_tp_and_sp(tmp_path):
     assert fwd > 0 and bwd > 0
     assert p.block_time_s("attention", 4, 1, 32, False) is None
     assert p.device_rate("matmul_fp32") > 0 and p.device_rate("memory_bandwidth") > 0
+    assert 0 < p.device_rate("optimizer_adamw_s_per_param") < 1e-3
 
 
 def test_layers_rejects_indivisible_tp(tmp_path, capsys):
