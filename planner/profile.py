@@ -11,10 +11,12 @@ File format: JSON (human-readable, diff-able), ``kind = "hybridplan.profile"``, 
                  "concurrency", "forward_s", "backward_s", "recompute_s", "forward_spread_s",
                  "backward_spread_s", "repeats", "peak_memory_bytes"}, ...],
      "collectives": [{"op", "group_size", "link_level", "concurrency", "nbytes", "time_s"}, ...],  # raw samples
-     "device_rates": [{"name": "matmul_fp32", "concurrency", "value"}, ...],
+     "device_rates": [{"name", "concurrency", "value"}, ...],    # see below
      "fits": [...]}                                               # derived, written for readers only
 
-Long-form records, no keys parsed out of strings (STYLE.md 7). ``fits`` are recomputed from the raw
+Device rates (per rank, all ranks running): ``matmul_<dtype>`` FLOP/s of a 512^3 matmul,
+``memory_bandwidth`` bytes/s of a streaming add, ``optimizer_adamw_s_per_param`` seconds per parameter of
+the runtime's AdamW step. Long-form records, no keys parsed out of strings (STYLE.md 7). ``fits`` are recomputed from the raw
 samples on load (one source of truth), so they can never disagree with the samples.
 
 ``concurrency``: how many ranks ran on this host while the record was measured. On a CPU host the
