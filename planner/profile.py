@@ -16,8 +16,8 @@ File format: JSON (human-readable, diff-able), ``kind = "hybridplan.profile"``, 
 
 Device rates (per rank, all ranks running): ``matmul_<dtype>`` FLOP/s of a 512^3 matmul,
 ``memory_bandwidth`` bytes/s of a streaming add, ``optimizer_adamw_s_per_param`` seconds per parameter of
-the runtime's AdamW step. Long-form records, no keys parsed out of strings (STYLE.md 7). ``fits`` are recomputed from the raw
-samples on load (one source of truth), so they can never disagree with the samples.
+the runtime's AdamW step. Long-form records, no keys parsed out of strings (STYLE.md 7). ``fits`` are
+recomputed from the raw samples on load (one source of truth), so they can never disagree with them.
 
 ``concurrency``: how many ranks ran on this host while the record was measured. On a CPU host the
 ranks share the cores, so a block measured alone is faster than it will be in an N-process run; the
