@@ -19,9 +19,8 @@ from tests.reliability.strategies import mutations
 from tests.reliability.train_helpers import write_plan
 
 TARGETS = {"checkpoint": 50}
-# BUG owned by runtime/checkpoint.py (reported; strict-xfail repros below): DCP wraps every read error in
-# CheckpointException, a BaseException that escapes the CLI's `except Exception` as a raw traceback; and
-# read_meta does not check the 'data' entry (KeyError). Counted as known_bug until fixed; then remove.
+# Formerly a bug in runtime/checkpoint.py (DCP's CheckpointException escaped as a traceback; read_meta
+# did not check 'data'); fixed, and test_corrupt_checkpoint_is_one_line keeps it fixed.
 KNOWN: tuple[str, ...] = ()  # the checkpoint bug below is fixed; kept as a regression test
 _STATE: dict[str, object] = {}
 

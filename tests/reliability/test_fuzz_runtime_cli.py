@@ -23,7 +23,7 @@ _FILES: dict[str, dict[str, str]] = {}
 DEFECTS = [["--steps", "0"], ["--steps", "-3"], ["--steps", "x"], ["--lr", "nan"], ["--lr", "-1"], ["--lr", "inf"],
            ["--dtype", "fp8"], ["--optimizer", "lion"], ["--resume", "/nonexistent/ckpt"], ["--log-every", "0"],
            ["--trace-steps", "0"], ["--timeout", "0"], ["--unknown"], ["--checkpoint-every", "x"]]
-# --data defects are refused only inside the ranks today: test_bad_data_source_refused_up_front (strict xfail).
+# --data defects are refused before any rank starts: test_bad_data_source_refused_up_front (regression test).
 
 
 def _files(root) -> dict[str, str]:
