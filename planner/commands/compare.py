@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plan", required=True, help="plan.json the run executed")
     p.add_argument("--measured", required=True, help="the runtime's measured trace (Chrome trace JSON)")
     p.add_argument("--predicted", help="a predicted trace file (default: built from the plan by the cost model)")
-    p.add_argument("--profile", help="profile the plan was priced with (python -m profiler)")
+    p.add_argument("--profile", help="profile to price the plan with (default: the one recorded in the plan)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--out", help="directory to write compare.json and compare.txt into")
 
@@ -39,6 +40,22 @@ def predicted_trace_for(plan: Plan, profile: Any = None) -> dict[str, Any]:
     est = cm.estimate(plan.config)
     st = step_timeline(cm, plan.config, est.breakdown)
     return predicted_trace(st, plan_name=plan.config.name, step_time_s=est.step_time_s)
+
+
+def profile_for(plan: Plan, path: str | None) -> Any:
+    """The profile to price ``plan`` with: ``--profile``, else the one the plan was made with
+    (``provenance.profile``) when that file is still there, else none (spec-sheet numbers)."""
+    from planner.profile import Profile
+
+    if path:
+        return Profile.load(path)
+    recorded = plan.provenance.get("profile")
+    if isinstance(recorded, str) and recorded:
+        if Path(recorded).is_file():
+            return Profile.load(recorded)
+        print(f"warning: the plan was priced with profile {recorded}, which is gone; pricing from the spec "
+              "sheet (pass --profile)", file=sys.stderr)
+    return None
 
 
 def comparison(plan: Plan, predicted: dict[str, Any], measured: dict[str, Any], measured_name: str) -> dict[str, Any]:
@@ -87,12 +104,7 @@ def run(args: argparse.Namespace) -> int:
     if args.predicted:
         predicted = load_trace(args.predicted)
     else:
-        profile = None
-        if args.profile:
-            from planner.profile import Profile
-
-            profile = Profile.load(args.profile)
-        predicted = predicted_trace_for(plan, profile)
+        predicted = predicted_trace_for(plan, profile_for(plan, args.profile))
     result = comparison(plan, predicted, measured, str(args.measured))
     table = format_table(result)
     if args.out:

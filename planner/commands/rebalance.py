@@ -22,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plan", required=True, help="plan.json the run executed")
     p.add_argument("--measured", required=True, help="the runtime's measured trace of that run")
     p.add_argument("--out", required=True, help="where to write the rebalanced plan.json")
-    p.add_argument("--profile", help="profile the plan was priced with (python -m profiler)")
+    p.add_argument("--profile", help="profile to price the plan with (default: the one recorded in the plan)")
     p.add_argument("--time-limit", type=positive_float, default=5.0, help="CP-SAT seconds in all")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
 
@@ -73,11 +73,9 @@ def run(args: argparse.Namespace) -> int:
 
     plan = Plan.load(args.plan)
     trace = load_trace(args.measured)
-    profile = None
-    if args.profile:
-        from planner.profile import Profile
+    from planner.commands.compare import profile_for
 
-        profile = Profile.load(args.profile)
+    profile = profile_for(plan, args.profile)
     new, res = rebalanced_plan(plan, trace, str(args.measured), profile, args.time_limit)
     new.save(args.out)
     summary = {"plan": new.config.name, "out": str(args.out),

@@ -113,3 +113,17 @@ def test_compare_cli_bad_trace_is_one_line(tmp_path, capsys):
     assert main(["compare", "--plan", str(tmp_path / "plan.json"), "--measured", str(tmp_path / "t.json")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and err.count("\n") == 1
+
+
+def test_profile_defaults_to_the_one_recorded_in_the_plan(tmp_path, capsys):
+    from planner.commands.compare import profile_for
+    from planner.profile import Profile, ProfileHeader
+
+    prof = Profile(header=ProfileHeader(device="d", backend="gloo"))
+    prof.save(tmp_path / "p.json")
+    plan = make_plan()
+    recorded = Plan.build(plan.model, plan.cluster, plan.config, provenance={"profile": str(tmp_path / "p.json")})
+    assert profile_for(recorded, None) == prof
+    assert profile_for(plan, None) is None
+    gone = Plan.build(plan.model, plan.cluster, plan.config, provenance={"profile": str(tmp_path / "gone.json")})
+    assert profile_for(gone, None) is None and "is gone" in capsys.readouterr().err
