@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from planner.cluster_spec import _finite as _finite_number
 from planner.errors import ConfigError
 from planner.model_spec import ModelSpec
 from planner.rank_order import Degrees
@@ -236,16 +237,6 @@ class ParallelConfig:
 
     def replace(self, **changes: Any) -> "ParallelConfig":
         return dataclasses.replace(self, **changes)
-
-
-def _finite_number(v: Any) -> bool:
-    """A real, finite number within float range (an integer like 10**400 is not)."""
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return False
-    try:
-        return math.isfinite(v)
-    except OverflowError:
-        return False
 
 
 def even_split(num_layers: int, num_chunks: int) -> tuple[int, ...]:
