@@ -6,15 +6,13 @@ slowdown stays with the rank when layers move. With ``P_r`` the cost model's pre
 time of one micro-batch on pipeline rank r under the running split and ``M_r`` its measured time,
 ``speed_r = M_r / P_r``, and a candidate split costs ``speed_r x predicted(layers on r)`` on rank r.
 
-Solver: the search's CP-SAT partitioner (planner/search/partition.py), unchanged. Its problem takes
-per-layer times, not per-rank factors, so each layer is priced at the speed of the rank holding it in
-the current split, the problem is solved, and the layers are re-priced under the new split; a few such
-rounds, keeping the best split under the exact speed model (``objective_with_speeds``). The first round
-alone already moves layers off a slow rank by the right amount when the speeds differ little inside a
-round; the rounds fix the overshoot, and a final local search (one layer across one boundary at a time, exact
-speed model, memory checked by the partitioner's ``evaluate``) repairs the fixed point where a layer is
-still priced at the speed of the rank it would leave. (A ``rank_speed`` field on PartitionProblem would make it one exact
-solve; requested from the search engineer.)
+Solver: one exact solve of the search's CP-SAT partitioner (planner/search/partition.py) with the speeds
+as ``PartitionProblem.rank_speed``: every chunk's time is its rank's speed times its predicted time, the
+same model ``objective_with_speeds`` prices in seconds. "Exact" up to the partitioner's integer scale (layer
+times to 1e-6 of a step, speeds to 5e-5 relative; partition_problem.py), far below the noise of the
+measured speeds. Memory does not depend on speed and is checked as in the search. The new split replaces
+the measured one only when it is better under ``objective_with_speeds`` (float seconds), so quantisation
+can never trade a split for a worse one.
 """
 
 from __future__ import annotations
@@ -24,9 +22,6 @@ from typing import Any, Sequence
 
 from planner.errors import ConfigError
 from planner.parallel_config import ParallelConfig
-
-ROUNDS = 4
-"""Re-pricing rounds (each one CP-SAT solve); the split repeats or cycles well before this on real plans."""
 
 
 @dataclass(frozen=True)
@@ -39,6 +34,7 @@ class RebalanceResult:
     """Makespan proxy (partition_problem objective) of the original split, with the measured speeds."""
     objective_after_s: float
     rounds: int
+    """CP-SAT solves: 1 (the field predates the exact per-rank speed model; kept for plan provenance)."""
     solver_status: str
 
 
@@ -86,27 +82,6 @@ def objective_with_speeds(pin: Any, config: ParallelConfig, speeds: Sequence[flo
     return m * max(rank_t) + (config.pp - 1) * max(chunk)
 
 
-def _priced_inputs(pin: Any, config: ParallelConfig, speeds: Sequence[float], layers: Sequence[int],
-                   capacity_bytes: float | None = None) -> dict:
-    """PartitionInputs with every layer (and the embedding / head) priced at its current rank's speed."""
-    d = {k: _get(pin, k) for k in ("layer_time_s", "layer_full_recompute_extra_s", "layer_static_bytes",
-                                   "layer_activation_bytes", "layer_activation_full_recompute_bytes",
-                                   "embed_time_s", "embed_static_bytes", "embed_activation_bytes", "head_time_s",
-                                   "head_static_bytes", "head_activation_bytes", "inflight_microbatches",
-                                   "rank_other_bytes", "capacity_bytes")}
-    speed_of_layer = []
-    for c, n in enumerate(layers):
-        speed_of_layer += [speeds[ParallelConfig.chunk_to_pp_rank(c, config.pp, config.schedule)]] * n
-    d["layer_time_s"] = tuple(t * s for t, s in zip(d["layer_time_s"], speed_of_layer))
-    d["layer_full_recompute_extra_s"] = tuple(t * s for t, s in zip(d["layer_full_recompute_extra_s"], speed_of_layer))
-    last = ParallelConfig.chunk_to_pp_rank(len(layers) - 1, config.pp, config.schedule)
-    d["embed_time_s"] = float(d["embed_time_s"]) * speeds[0]
-    d["head_time_s"] = float(d["head_time_s"]) * speeds[last]
-    if capacity_bytes is not None:
-        d["capacity_bytes"] = capacity_bytes
-    return d
-
-
 def _proven_capacity(pin: Any, config: ParallelConfig, layers: tuple[int, ...], recompute: tuple[int, ...]) -> float:
     """The memory limit splits are held to: the cost model's capacity, or, when the split that *ran* exceeds
     it (the memory model is conservative for this device), that split's own peak: the run proved it fits,
@@ -132,55 +107,27 @@ def rebalance_split(pin: Any, config: ParallelConfig, layers: Sequence[int], mea
     speeds = rank_speeds(pin, config, layers, measured_chunk_s)
     chunk_rank = [ParallelConfig.chunk_to_pp_rank(c, config.pp, config.schedule) for c in range(len(layers))]
     before = objective_with_speeds(pin, config, speeds, layers, recompute)
-    capacity = _proven_capacity(pin, config, layers, recompute)
-    best = (before, layers, recompute)
-    current, status, rounds, seen = layers, "unchanged", 0, {layers}
-    for rounds in range(1, ROUNDS + 1):
-        problem = problem_from_inputs(_priced_inputs(pin, config, speeds, current, capacity), chunk_rank=chunk_rank,
-                                      micro_batches=config.num_micro_batches,
-                                      allow_recompute=config.recompute != "full")
-        res = solve_cpsat(problem, time_limit_s=time_limit_s / ROUNDS)
-        if not res.feasible:
-            status = res.status
-            break
-        obj = objective_with_speeds(pin, config, speeds, res.stage_layers, res.stage_recompute_layers)
-        if obj < best[0] * (1 - 1e-9):
-            best, status = (obj, res.stage_layers, res.stage_recompute_layers), res.status
-        if res.stage_layers in seen:
-            break
-        seen.add(res.stage_layers)
-        current = res.stage_layers
-    best = _polish(pin, config, speeds, problem, best)
+    pin_capped = {k: _get(pin, k) for k in _PIN_FIELDS}
+    pin_capped["capacity_bytes"] = _proven_capacity(pin, config, layers, recompute)
+    problem = problem_from_inputs(pin_capped, chunk_rank=chunk_rank, micro_batches=config.num_micro_batches,
+                                  allow_recompute=config.recompute != "full", rank_speed=speeds)
+    res = solve_cpsat(problem, time_limit_s=time_limit_s)
+    best, status = (before, layers, recompute), "unchanged"
+    if res.feasible:
+        after = objective_with_speeds(pin, config, speeds, res.stage_layers, res.stage_recompute_layers)
+        if after < before * (1 - 1e-9):
+            best, status = (after, res.stage_layers, res.stage_recompute_layers), res.status
+    else:
+        status = res.status
     return RebalanceResult(stage_layers=tuple(best[1]), stage_recompute_layers=tuple(best[2]), speeds=speeds,
-                           objective_before_s=before, objective_after_s=best[0], rounds=rounds,
-                           solver_status=status)
+                           objective_before_s=before, objective_after_s=best[0], rounds=1, solver_status=status)
 
 
-def _polish(pin: Any, config: ParallelConfig, speeds: Sequence[float], problem: Any,
-            best: tuple[float, tuple[int, ...], tuple[int, ...]]) -> tuple[float, tuple[int, ...], tuple[int, ...]]:
-    """Move one layer across one boundary while the exact speed-model objective improves and the split
-    still fits (memory does not depend on speeds, so the partitioner's ``evaluate`` judges it). Repairs
-    the fixed point where a layer is still priced at the speed of the rank it is leaving."""
-    from planner.search.partition_problem import evaluate
-
-    obj, layers, rec = best
-    improved = True
-    while improved:
-        improved = False
-        for c in range(len(layers) - 1):
-            for d in (-1, 1):
-                cand = list(layers)
-                cand[c] += d
-                cand[c + 1] -= d
-                if min(cand) < 1:
-                    continue
-                cand_rec = tuple(min(r, n) for r, n in zip(rec, cand))
-                if not evaluate(problem, cand, cand_rec).feasible:
-                    continue
-                o = objective_with_speeds(pin, config, speeds, cand, cand_rec)
-                if o < obj * (1 - 1e-9):
-                    obj, layers, rec, improved = o, tuple(cand), cand_rec, True
-    return obj, layers, rec
+_PIN_FIELDS = ("layer_time_s", "layer_full_recompute_extra_s", "layer_static_bytes", "layer_activation_bytes",
+               "layer_activation_full_recompute_bytes", "embed_time_s", "embed_static_bytes", "embed_activation_bytes",
+               "head_time_s", "head_static_bytes", "head_activation_bytes", "inflight_microbatches",
+               "rank_other_bytes", "capacity_bytes")
+"""The PartitionInputs fields problem_from_inputs reads (copied to override the capacity)."""
 
 
 def _get(obj: Any, name: str) -> Any:

@@ -10,6 +10,10 @@ Problem and objective: ``partition_problem.py``. Two encodings, chosen by the mo
   tables through element constraints (``AddElement``); the recomputed layers are the first ``r_c`` of
   the chunk. Tables have L + 1 entries, so the model still grows with the chunk count, not the layers.
 
+Per-rank speeds (``PartitionProblem.rank_speed``, dynamic load balancing): each chunk's time expression is
+multiplied by its rank's integer weight (``speed_weights``); the chunk-to-rank map is fixed, so the model
+stays linear, and exactly what ``evaluate`` computes.
+
 Warm start: the greedy split (``partition_greedy``) as a solution hint. Time limit per solve. The result
 carries CP-SAT's proven bound; ``PartitionResult.gap`` is the relative optimality gap. The
 brute-force reference (``partition_brute``) checks this model on small instances.
@@ -72,6 +76,9 @@ def _build(p: PartitionProblem) -> tuple:
     mems[0] += p.embed_static + p.inflight[0] * p.embed_act
     mems[-1] += p.head_static + p.inflight[-1] * p.head_act
     total = sum(p.layer_time) + sum(p.layer_extra) + p.embed_time + p.head_time
+    if p.speed_weights is not None:  # a rank's speed multiplies everything it holds (constants: still linear)
+        times = [t * p.speed_weights[p.chunk_rank[c]] for c, t in enumerate(times)]
+        total *= max(p.speed_weights)
     bottleneck = m.NewIntVar(0, max(1, total), "bottleneck")
     for rank, chunks in enumerate(p.ranks_chunks()):
         m.Add(sum(mems[c] for c in chunks) + p.rank_other_bytes[rank] <= p.capacity_bytes)

@@ -47,12 +47,15 @@ def _chunk_time(p: PartitionProblem, pre: dict[str, list[int]], c: int, b: int, 
         t += p.embed_time
     if c == p.num_chunks - 1:
         t += p.head_time
-    return t
+    weights = p.speed_weights
+    return t if weights is None else t * weights[p.chunk_rank[c]]
 
 
 def fill_recompute(p: PartitionProblem, layers: Sequence[int], pre: dict[str, list[int]]) -> tuple[int, ...]:
     """Fewest-ticks recompute counts that make every rank fit, greedily (largest bytes saved per tick first).
-    Where even full recomputation of every layer does not fit, every layer of that rank is recomputed."""
+    Where even full recomputation of every layer does not fit, every layer of that rank is recomputed.
+    (Ranks are filled one at a time and all chunks of a rank share its speed, so ``rank_speed`` does not
+    change the order.)"""
     C = p.num_chunks
     starts = [0] * C
     for c in range(1, C):
@@ -142,6 +145,8 @@ def bottleneck_split(p: PartitionProblem, pre: dict[str, list[int]]) -> tuple[in
         return None
 
     T = pre["layer_time"][-1] + pre["layer_extra"][-1] + p.embed_time + p.head_time
+    if p.speed_weights is not None:
+        T *= max(p.speed_weights)
     lo, hi = 0, T
     if cover(hi) is None:
         return None

@@ -18,6 +18,14 @@ Objective, the pipeline makespan, with W_r the sum of the chunk times on pipelin
   2021 Sec 2.2.2: the interleaved bubble is (pp - 1) chunk times); the chunk term keeps the chunks of a
   rank balanced, which the rank term alone would not.
 
+Per-rank speed (``rank_speed``, optional): pipeline rank r runs everything it holds (layers, recomputation,
+embedding, head) ``rank_speed[r]`` times slower than the layer times say, so ``t_c`` above is
+``rank_speed[rank(c)] x`` the chunk's summed times. Dynamic load balancing (planner/rebalance.py) uses it:
+a measured slow device keeps its slowness when layers move. The speeds are quantised to integer weights
+(``speed_weights``: the fastest rank weighs ``SPEED_RESOLUTION``, the others in proportion), chunk times
+are multiplied by them exactly, and the objective's unit becomes ``time_unit_s`` (``tick_s`` x fastest
+speed / ``SPEED_RESOLUTION``). ``None`` (the search) leaves every number as it was.
+
 Ties (many splits share the bottleneck) break towards the even split with the fewest recomputed layers:
 the secondary term ``sum_c |n_c - even_c| + sum_c r_c`` is added with a weight below one tick of the
 primary (``secondary_weight``), so it never trades makespan for neatness.
@@ -37,6 +45,11 @@ from planner.parallel_config import even_split
 
 TICKS_PER_STEP = 1_000_000
 """Resolution of the integer time scale: one micro-batch through the whole model is about this many ticks."""
+SPEED_RESOLUTION = 10_000
+"""Integer weight of the fastest rank when ``rank_speed`` is set: speeds are kept to 5e-5 relative, far below
+the noise of the measurements they come from."""
+MAX_SPEED_RATIO = 1e4
+"""Slowest / fastest rank speed at most: keeps weights x ticks x micro-batches far inside int64 for CP-SAT."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +79,9 @@ class PartitionProblem:
     capacity_bytes: int
     tick_s: float = 1.0
     allow_recompute: bool = True
+    rank_speed: tuple[float, ...] | None = None
+    """Per pipeline rank: multiplier of the time of every layer, recomputation, embedding and head it holds
+    (a measured slow device, planner/rebalance.py). None: every rank at 1.0, at no extra cost."""
 
     def __post_init__(self) -> None:
         n = len(self.layer_time)
@@ -80,6 +96,16 @@ class PartitionProblem:
             raise ConfigError("partition problem: every pipeline rank must hold at least one chunk")
         if len(self.rank_other_bytes) != self.num_ranks:
             raise ConfigError("partition problem: rank_other_bytes needs one entry per pipeline rank")
+        if self.rank_speed is not None:
+            speeds = self.rank_speed
+            if len(speeds) != self.num_ranks:
+                raise ConfigError(f"partition problem: rank_speed has {len(speeds)} entries, expected "
+                                  f"{self.num_ranks} (one per pipeline rank)")
+            if not all(math.isfinite(x) and x > 0 for x in speeds):
+                raise ConfigError(f"partition problem: rank_speed must be finite and > 0, got {list(speeds)}")
+            if max(speeds) > MAX_SPEED_RATIO * min(speeds):
+                raise ConfigError(f"partition problem: rank speeds differ by more than {MAX_SPEED_RATIO:g}x "
+                                  f"({min(speeds):g} .. {max(speeds):g})")
 
     @property
     def num_layers(self) -> int:
@@ -102,6 +128,21 @@ class PartitionProblem:
     @cached_property
     def even_layers(self) -> tuple[int, ...]:
         return even_split(self.num_layers, self.num_chunks)
+
+    @cached_property
+    def speed_weights(self) -> tuple[int, ...] | None:
+        """Integer per-rank time multipliers (``rank_speed`` quantised; None when it is None)."""
+        if self.rank_speed is None:
+            return None
+        fastest = min(self.rank_speed)
+        return tuple(max(1, int(round(x / fastest * SPEED_RESOLUTION))) for x in self.rank_speed)
+
+    @property
+    def time_unit_s(self) -> float:
+        """Seconds per unit of chunk time and objective: ``tick_s``, or less when ``rank_speed`` weights them."""
+        if self.rank_speed is None:
+            return self.tick_s
+        return self.tick_s * min(self.rank_speed) / SPEED_RESOLUTION
 
     @property
     def secondary_weight(self) -> int:
@@ -130,10 +171,11 @@ class Evaluation:
     """A split priced under a problem."""
 
     chunk_ticks: tuple[int, ...]
+    """Per chunk, in the problem's ``time_unit_s`` (ticks, weighted by the rank's speed when it has one)."""
     rank_ticks: tuple[int, ...]
     rank_bytes: tuple[int, ...]
     objective: int
-    """Primary (makespan proxy, ticks)."""
+    """Primary (makespan proxy, in the problem's ``time_unit_s``)."""
     feasible: bool
     secondary: int = 0
     """Tie-break: distance from the even split plus recomputed layers."""
@@ -150,6 +192,7 @@ def evaluate(p: PartitionProblem, layers: Sequence[int], recompute: Sequence[int
                                                 "layer_act_full")}
     T, X, S, A, AF = (pre[k] for k in ("layer_time", "layer_extra", "layer_static", "layer_act", "layer_act_full"))
     C = p.num_chunks
+    weights = p.speed_weights
     chunk_t, rank_t, rank_b = [], [0] * p.num_ranks, list(p.rank_other_bytes)
     ok = len(layers) == C and len(recompute) == C and sum(layers) == p.num_layers
     start = 0
@@ -168,6 +211,8 @@ def evaluate(p: PartitionProblem, layers: Sequence[int], recompute: Sequence[int
             t += p.head_time
             mem += p.head_static + p.inflight[c] * p.head_act
         r = p.chunk_rank[c]
+        if weights is not None:
+            t *= weights[r]
         chunk_t.append(t)
         rank_t[r] += t
         rank_b[r] += mem
@@ -183,7 +228,7 @@ def evaluate(p: PartitionProblem, layers: Sequence[int], recompute: Sequence[int
 
 
 def objective_seconds(p: PartitionProblem, objective: int) -> float:
-    return objective * p.tick_s
+    return objective * p.time_unit_s
 
 
 def _get(obj: Any, name: str) -> Any:
@@ -191,12 +236,12 @@ def _get(obj: Any, name: str) -> Any:
 
 
 def problem_from_inputs(pin: Any, *, chunk_rank: Sequence[int], micro_batches: int,
-                        allow_recompute: bool = True) -> PartitionProblem:
+                        allow_recompute: bool = True, rank_speed: Sequence[float] | None = None) -> PartitionProblem:
     """Quantise the cost model's PartitionInputs (seconds, bytes) into an integer problem.
 
     Times round to the nearest tick (one tick = 1e-6 of a micro-batch's pass through the model, far below
     the cost model's own error); bytes round up, so a split feasible here is feasible for the cost model
-    up to its float rounding.
+    up to its float rounding. ``rank_speed``: see PartitionProblem (None for the search).
     """
     times = [float(x) for x in _get(pin, "layer_time_s")]
     total = sum(times) + float(_get(pin, "embed_time_s")) + float(_get(pin, "head_time_s"))
@@ -222,4 +267,5 @@ def problem_from_inputs(pin: Any, *, chunk_rank: Sequence[int], micro_batches: i
         embed_act=up([_get(pin, "embed_activation_bytes")])[0], head_act=up([_get(pin, "head_activation_bytes")])[0],
         inflight=tuple(int(x) for x in _get(pin, "inflight_microbatches")), chunk_rank=tuple(chunk_rank),
         num_ranks=ranks, micro_batches=micro_batches, rank_other_bytes=other_t,
-        capacity_bytes=int(_get(pin, "capacity_bytes")), tick_s=tick_s, allow_recompute=allow_recompute)
+        capacity_bytes=int(_get(pin, "capacity_bytes")), tick_s=tick_s, allow_recompute=allow_recompute,
+        rank_speed=None if rank_speed is None else tuple(float(x) for x in rank_speed))

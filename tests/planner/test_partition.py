@@ -3,6 +3,7 @@ integer problem agrees with the cost model it was built from."""
 
 from __future__ import annotations
 
+import dataclasses
 from types import SimpleNamespace
 
 import pytest
@@ -24,7 +25,8 @@ SCHEDULES = {1: ("gpipe", "1f1b"), 2: ("interleaved", "zbv"), 3: ("interleaved",
 
 @st.composite
 def problems(draw, max_layers: int = 8, max_ranks: int = 4) -> PartitionProblem:
-    """Random instances: <= 8 layers, <= 4 pipeline ranks, 1-3 chunks per rank, uniform or mixed layers."""
+    """Random instances: <= 8 layers, <= 4 pipeline ranks, 1-3 chunks per rank, uniform or mixed layers, with
+    or without per-rank speeds."""
     L = draw(st.integers(2, max_layers))
     pp = draw(st.integers(1, min(max_ranks, L)))
     v = draw(st.sampled_from([x for x in (1, 2, 3) if pp * x <= L and (x == 1 or pp > 1)]))
@@ -42,13 +44,15 @@ def problems(draw, max_layers: int = 8, max_ranks: int = 4) -> PartitionProblem:
     full = tuple(min(a, f) for a, f in zip(act, arr(1, 40)))
     chunk_rank = tuple(ParallelConfig.chunk_to_pp_rank(c, pp, sched) for c in range(C))
     inflight = tuple(draw(st.integers(1, m)) for _ in range(C))
+    speeds = draw(st.none() | st.lists(st.floats(0.25, 4.0, allow_nan=False, allow_infinity=False), min_size=pp,
+                                       max_size=pp).map(tuple))
     return PartitionProblem(
         layer_time=arr(5, 40), layer_extra=arr(0, 15), layer_static=arr(50, 300), layer_act=act, layer_act_full=full,
         embed_time=draw(st.integers(0, 40)), head_time=draw(st.integers(0, 60)),
         embed_static=draw(st.integers(0, 400)), head_static=draw(st.integers(0, 400)),
         embed_act=draw(st.integers(0, 60)), head_act=draw(st.integers(0, 90)), inflight=inflight,
         chunk_rank=chunk_rank, num_ranks=pp, micro_batches=m, rank_other_bytes=(draw(st.integers(0, 100)),) * pp,
-        capacity_bytes=draw(st.integers(300, 4000)), allow_recompute=draw(st.booleans()))
+        capacity_bytes=draw(st.integers(300, 4000)), allow_recompute=draw(st.booleans()), rank_speed=speeds)
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -128,6 +132,28 @@ def test_problem_validation() -> None:
         PartitionProblem(**{**p.__dict__, "chunk_rank": (0, 0), "inflight": (1, 1)})
 
 
+def test_rank_speed_multiplies_each_ranks_time() -> None:
+    """A slow rank's chunk costs its speed times the ticks (in time_unit_s); equal speeds change no decision."""
+    p = _uniform(8, 2, 10**9)
+    slow = dataclasses.replace(p, rank_speed=(3.0, 1.5))
+    plain, weighted = evaluate(p, (4, 4), (0, 0)), evaluate(slow, (4, 4), (0, 0))
+    for c, r in enumerate((0, 1)):
+        secs = weighted.chunk_ticks[c] * slow.time_unit_s
+        assert secs == pytest.approx(plain.chunk_ticks[c] * p.tick_s * slow.rank_speed[r], rel=1e-9)
+    same = dataclasses.replace(p, rank_speed=(2.0, 2.0))
+    a, b = solve_cpsat(p, time_limit_s=5.0), solve_cpsat(same, time_limit_s=5.0)
+    assert a.stage_layers == b.stage_layers and b.objective_s == pytest.approx(2.0 * a.objective_s, rel=1e-9)
+    moved = solve_cpsat(slow, time_limit_s=5.0)
+    assert moved.status == "optimal" and moved.stage_layers[0] < a.stage_layers[0]  # work leaves the slow rank
+
+
+@pytest.mark.parametrize("speeds", [(1.0,), (1.0, 0.0), (1.0, float("nan")), (1.0, float("inf")), (1.0, 1e5)])
+def test_rank_speed_validation(speeds) -> None:
+    p = _uniform(8, 2, 100_000)
+    with pytest.raises(ConfigError, match="rank_speed|rank speeds"):
+        dataclasses.replace(p, rank_speed=speeds)
+
+
 def test_problem_from_inputs_quantises_conservatively() -> None:
     pin = SimpleNamespace(layer_time_s=(0.25, 0.25, 0.5), layer_full_recompute_extra_s=(0.1,) * 3,
                           layer_static_bytes=(10.2, 10.2, 20.5), layer_activation_bytes=(5.5,) * 3,
@@ -141,6 +167,9 @@ def test_problem_from_inputs_quantises_conservatively() -> None:
     assert abs(p.tick_s * sum(p.layer_time) - 1.0) < 1e-9
     full = problem_from_inputs(pin, chunk_rank=[0, 1], micro_batches=4, allow_recompute=False)
     assert full.layer_extra == (0, 0, 0) and not full.allow_recompute
+    fast = problem_from_inputs(pin, chunk_rank=[0, 1], micro_batches=4, rank_speed=[2.0, 0.5])
+    assert fast.rank_speed == (2.0, 0.5) and fast.speed_weights == (40_000, 10_000)
+    assert fast.time_unit_s == pytest.approx(p.tick_s * 0.5 / 10_000)
 
 
 @pytest.mark.parametrize("model,gpus,schedule,v", [("gpt-7.5b", 16, "1f1b", 1), ("llama3.1-8b", 16, "interleaved", 2),

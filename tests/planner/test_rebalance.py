@@ -58,6 +58,20 @@ def test_matches_brute_force_under_speed_model(speeds):
     assert res.objective_after_s == pytest.approx(_brute(pin, cfg, speeds, L))
 
 
+@pytest.mark.parametrize("speeds", [(1.37, 1.0, 2.91), (1.0, 1.013, 1.0), (0.8, 1.9, 1.21)])
+def test_one_exact_solve_with_mixed_layers_and_uneven_speeds(speeds):
+    """Layers of different cost and non-round speeds: the single CP-SAT solve with per-rank speeds finds the
+    brute-force optimum of the float speed model (no re-pricing rounds, no repair)."""
+    L, pp = 9, 3
+    pin, cfg = _pin(L, pp), _cfg(pp, 6)
+    pin["layer_time_s"] = tuple(0.5 + 0.25 * (i % 4) for i in range(L))
+    start = (3, 3, 3)
+    measured = [t * s for t, s in zip(chunk_times_s(pin, start, (0,) * pp), speeds)]
+    res = rebalance_split(pin, cfg, start, measured)
+    assert res.rounds == 1 and res.speeds == pytest.approx(speeds)
+    assert res.objective_after_s == pytest.approx(_brute(pin, cfg, speeds, L), rel=1e-6)
+
+
 def test_balanced_measurement_keeps_the_split():
     pin, cfg = _pin(8, 2, embed_s=0.0, head_s=0.0), _cfg(2, 4)
     res = rebalance_split(pin, cfg, (4, 4), [4.0, 4.0])
