@@ -3,10 +3,10 @@
 Plans run on forked gloo ranks (runtime.local_launch) through the runtime's own ``Engine`` (what
 ``python -m runtime train`` runs), one intra-op thread per rank as the profiler measured them.
 
-Slow stage: every transformer block on the slowed pipeline rank sleeps ``factor - 1`` times its own forward
-time after its forward, and twice that (backward ~ 2 x forward) when its backward starts: the rank behaves
-like a device ``factor`` times slower, so moving layers off it helps, as it would on a real slow GPU.
-(Sleeping, not spinning, so the slow rank does not steal the other ranks' cores on this 2-core machine.)
+Slow stage: the runtime's ``--slow-stage`` (runtime/slowdown.py): every transformer block on the slowed pipeline
+rank sleeps ``factor - 1`` times its own forward time after its forward, and twice that when its backward
+starts, so the rank behaves like a device ``factor`` times slower (sleeping, not spinning: the slow rank does
+not steal the other ranks' cores on this 2-core machine).
 """
 
 from __future__ import annotations
@@ -23,25 +23,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _install_slowdown(models, factor: float) -> None:
-    import torch
-
-    def pre(module, inputs):
-        module._hp_t0 = time.perf_counter()
-
-    def post(module, inputs, output):
-        dt = time.perf_counter() - module._hp_t0
-        time.sleep((factor - 1.0) * dt)
-        if isinstance(output, torch.Tensor) and output.requires_grad:
-            output.register_hook(lambda g: (time.sleep(2.0 * (factor - 1.0) * dt), g)[1])
-        return output
-
-    for chunk in models:
-        for block in chunk.layers.values():
-            block.register_forward_pre_hook(pre)
-            block.register_forward_hook(post)
-
-
 def _train_worker(plan_path: str, steps: int, kw: dict) -> dict:
     """One rank: build the engine, optionally resume, run ``steps`` steps; returns the step times and, with
     ``trace``, writes the measured timeline with the runtime's own recorder (runtime/trace.py).
@@ -53,14 +34,15 @@ def _train_worker(plan_path: str, steps: int, kw: dict) -> dict:
     from planner.plan import Plan
     from runtime import checkpoint
     from runtime.engine import Engine
+    from runtime.slowdown import SlowStage
     from runtime.trace import TimelineRecorder, write_trace
 
     plan = Plan.load(plan_path)
     eng = Engine(plan)
     if resume:
         checkpoint.load(eng, checkpoint.latest(ckpt_dir))
-    if slow_stage is not None and eng.topo.pp_rank == slow_stage:
-        _install_slowdown(eng.local_models(), slow_factor)
+    if slow_stage is not None:
+        SlowStage(slow_stage, slow_factor).install(eng)
     dist.barrier()
     recorder = TimelineRecorder(dist.get_rank(), time.perf_counter())
     times = []

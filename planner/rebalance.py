@@ -38,7 +38,8 @@ class RebalanceResult:
     solver_status: str
 
 
-def rank_speeds(pin: Any, config: ParallelConfig, layers: Sequence[int], measured_chunk_s: Sequence[float]) -> tuple[float, ...]:
+def rank_speeds(pin: Any, config: ParallelConfig, layers: Sequence[int],
+                measured_chunk_s: Sequence[float]) -> tuple[float, ...]:
     """speed_r = measured / predicted forward+backward of one micro-batch on pipeline rank r."""
     predicted = chunk_times_s(pin, layers, [0] * len(layers))
     pp = config.pp

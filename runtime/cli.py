@@ -23,6 +23,15 @@ from planner.commands.common import positive_int as _positive_int
 from planner.errors import CheckFailedError, ConfigError, PlannerError
 
 
+def _slow_stage(text: str):
+    from runtime.slowdown import SlowStage
+
+    try:
+        return SlowStage.parse(text)
+    except ConfigError as exc:  # argparse's one-line usage error, exit 2
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"error: {self.prog}: {message}\n")
@@ -54,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--trace", help="write the measured timeline (Chrome / Perfetto JSON) here")
     t.add_argument("--trace-steps", type=_positive_int, default=2)
     t.add_argument("--metrics", help="write per-step metrics JSON here")
+    t.add_argument("--slow-stage", type=_slow_stage, metavar="S:FACTOR",
+                   help="debugging option for testing dynamic load balancing: pipeline stage S runs FACTOR (> 1) "
+                        "times slower (its transformer blocks sleep), e.g. 0:3")
     v = sub.add_parser("verify", help="compare the plan's run with the single-process model")
     _common(v, "fp64")
     v.add_argument("--loss-tol", type=_positive_float, help="default: per dtype (runtime.verify.TOLERANCES)")
@@ -110,13 +122,15 @@ def _train(args) -> int:
     options = _options(args)
     tc = TrainConfig(steps=args.steps, log_every=args.log_every, checkpoint_dir=args.checkpoint_dir,
                      checkpoint_every=args.checkpoint_every, resume=args.resume, trace_path=args.trace,
-                     trace_steps=args.trace_steps, metrics_path=args.metrics)
+                     trace_steps=args.trace_steps, metrics_path=args.metrics, slow_stage=args.slow_stage)
     if tc.resume and tc.resume != "auto" and not os.path.isdir(tc.resume):
         raise ConfigError(f"--resume {tc.resume}: no such checkpoint directory")
     from runtime.data import make_source
     from runtime.data_parallel import check_supported
 
     check_supported(plan.config, plan.model.is_moe)
+    if tc.slow_stage is not None:
+        tc.slow_stage.check(plan.config.pp)  # before any rank starts
     make_source(args.data, plan.model.vocab_size, plan.config.seq_len, args.seed)  # bad --data: one line, here
     world = plan.config.world_size
     if "WORLD_SIZE" in os.environ:  # torchrun

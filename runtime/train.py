@@ -6,6 +6,9 @@ the job; ``HYBRIDPLAN_FAULT`` injection points are ``step`` (before step index N
 completed) and ``checkpoint`` (after the data of the checkpoint after step N is written, before it
 is committed).
 
+``slow_stage`` (debugging, runtime/slowdown.py) is installed after the engine is built or resumed, so a
+resumed run under a rebalanced plan is slowed the same way.
+
 Logged on rank 0 every ``log_every`` steps: loss, gradient norm, step time, tokens/s and, per model
 chunk, the forward / backward (/ weight-gradient) time summed over the step's micro-batches (the max
 over the ranks that run that chunk). ``metrics_path`` receives every step's record as JSON.
@@ -25,6 +28,7 @@ from planner.io import atomic_write_json
 from planner.plan import Plan
 from runtime import checkpoint, faults
 from runtime.engine import Engine, RunOptions, StepResult
+from runtime.slowdown import SlowStage
 from runtime.trace import TimelineRecorder, write_trace
 
 log = logging.getLogger("runtime.train")
@@ -44,6 +48,8 @@ class TrainConfig:
     trace_steps: int = 2
     """The last N steps go into the trace."""
     metrics_path: str | None = None
+    slow_stage: SlowStage | None = None
+    """Debugging: slow one pipeline stage down artificially (runtime.slowdown), to test load balancing."""
 
 
 def _rank0() -> bool:
@@ -78,6 +84,11 @@ def train(plan: Plan, options: RunOptions, tc: TrainConfig) -> list[StepResult]:
             step = checkpoint.load(engine, path)
             if _rank0():
                 log.info("resumed from %s (step %d, next sample %d)", path, step, engine.loader.position)
+    if tc.slow_stage is not None:
+        tc.slow_stage.install(engine)
+        if _rank0():
+            log.info("slow stage (debugging): pipeline stage %d runs %gx slower (--slow-stage %s)",
+                     tc.slow_stage.pp_rank, tc.slow_stage.factor, tc.slow_stage)
     injector = faults.FaultInjector.from_env(engine.topo.rank)
     watchdog = (faults.CollectiveWatchdog.for_default_group()
                 if dist.is_initialized() and dist.get_world_size() > 1 else None)
