@@ -59,8 +59,9 @@ class Profile:
     device_rates: tuple[DeviceRate, ...] = ()
     models: dict[str, dict] = field(default_factory=dict)
     """Architecture (ModelSpec.to_dict()) of each model named by a block record."""
-    concurrency: int | None = None
-    """Which concurrency queries use; None: the header's world size if measured, else the largest."""
+    concurrency: float | None = None
+    """Which concurrency queries use; None: the header's world size if measured, else the largest. A level
+    between two measured ones (a fractional average of busy ranks, planner/cost/shared_host.py) blends them."""
 
     def __post_init__(self) -> None:
         _check_record(self.header, 0, "profile")
@@ -73,15 +74,51 @@ class Profile:
         return tuple(sorted({r.concurrency for r in (*self.blocks, *self.collectives, *self.device_rates)}))
 
     @property
-    def active_concurrency(self) -> int | None:
+    def active_concurrency(self) -> float | None:
         levels = self.concurrency_levels
         if self.concurrency is not None or not levels:
             return self.concurrency
         return self.header.world_size if self.header.world_size in levels else levels[-1]
 
-    def at_concurrency(self, n: int) -> "Profile":
+    def at_concurrency(self, n: float) -> "Profile":
         """The same profile answering queries from records measured with ``n`` ranks on the host."""
         return dataclasses.replace(self, concurrency=n)
+
+    def _level_weights(self) -> tuple[tuple[int | float | None, float], ...]:
+        """(measured level, weight) pairs the active concurrency reads from.
+
+        A measured level reads alone. A level between two measured ones blends them linearly: with ranks
+        sharing C cores, each of k > C busy ranks gets C / k of them, so a block's time grows linearly in k
+        (processor sharing, Kleinrock 1967); measuring at two levels and interpolating keeps what the law
+        misses (cache and memory-bandwidth contention) inside the measured numbers. Outside the measured
+        range the nearest level answers (fewer busy ranks than measured cannot be extrapolated safely)."""
+        conc = self.active_concurrency
+        levels = self.concurrency_levels
+        if conc is None or not levels or conc in levels:
+            return ((conc, 1.0),)
+        if conc <= levels[0]:
+            return ((levels[0], 1.0),)
+        if conc >= levels[-1]:
+            return ((levels[-1], 1.0),)
+        hi = next(lv for lv in levels if lv > conc)
+        lo = levels[levels.index(hi) - 1]
+        w = (conc - lo) / (hi - lo)
+        return ((lo, 1.0 - w), (hi, w))
+
+    def _blend(self, one) -> Any:
+        """``one(level)`` blended over ``_level_weights``: a tuple of floats, a float, or None if any level
+        has no answer."""
+        got = []
+        for level, w in self._level_weights():
+            v = one(level)
+            if v is None:
+                return None
+            got.append((v, w))
+        if len(got) == 1:
+            return got[0][0]
+        if isinstance(got[0][0], tuple):
+            return tuple(sum(v[i] * w for v, w in got) for i in range(len(got[0][0])))
+        return sum(v * w for v, w in got)
 
     def for_cluster(self, cluster: Any) -> "Profile":
         """Queries for a cluster: a gloo cluster's ranks share one host (the ``cpu`` preset), so its
@@ -122,7 +159,10 @@ class Profile:
     def _interpolate(self, kind: str, tp: int, mb: int, seq: int, sp: bool, model: Any, dtype: str | None,
                      value) -> tuple[float, ...] | None:
         names = self._model_names(model)
-        conc = self.active_concurrency
+        return self._blend(lambda conc: self._interpolate_at(conc, kind, tp, mb, seq, sp, names, dtype, value))
+
+    def _interpolate_at(self, conc: Any, kind: str, tp: int, mb: int, seq: int, sp: bool, names: set[str] | None,
+                        dtype: str | None, value) -> tuple[float, ...] | None:
         recs = [r for r in self.blocks if r.block_kind == kind and r.tp == tp and r.sequence_parallel == bool(sp)
                 and r.concurrency == conc and (names is None or r.model in names)
                 and (dtype is None or r.dtype == dtype) and value(r) is not None]
@@ -139,9 +179,11 @@ class Profile:
     # --- collectives -------------------------------------------------------------------------
     @property
     def fits(self) -> dict[tuple[str, int, str], AlphaBetaFit]:
-        """Alpha-beta fit per (op, group_size, link_level) at the active concurrency; raw samples in
-        ``collectives``."""
-        conc = self.active_concurrency
+        """Alpha-beta fit per (op, group_size, link_level) at the active concurrency (at a blended level:
+        the upper measured one; ``collective_time_s`` blends the two); raw samples in ``collectives``."""
+        return self._fits_at(self._level_weights()[-1][0])
+
+    def _fits_at(self, conc: Any) -> dict[tuple[str, int, str], AlphaBetaFit]:
         groups: dict[tuple[str, int, str], list[tuple[float, float]]] = {}
         for s in self.collectives:
             if s.concurrency == conc:
@@ -153,22 +195,29 @@ class Profile:
         (op, group_size, link_level) was not measured or nbytes is beyond the extrapolation limit."""
         if group_size <= 1:
             return 0.0
-        fit = self._fits_cache().get((op, group_size, link_level))
-        if fit is None or nbytes > fit.max_bytes * EXTRAPOLATION_FACTOR:
-            return None
-        return fit.time_s(nbytes)
 
-    def _fits_cache(self) -> dict[tuple[str, int, str], AlphaBetaFit]:
-        cache = self.__dict__.get("_fits_memo")
-        if cache is None or cache[0] != self.active_concurrency:
-            cache = (self.active_concurrency, self.fits)
-            object.__setattr__(self, "_fits_memo", cache)
-        return cache[1]
+        def one(level: Any) -> float | None:
+            fit = self._fits_cache(level).get((op, group_size, link_level))
+            if fit is None or nbytes > fit.max_bytes * EXTRAPOLATION_FACTOR:
+                return None
+            return fit.time_s(nbytes)
+        return self._blend(one)
+
+    def _fits_cache(self, level: Any = None) -> dict[tuple[str, int, str], AlphaBetaFit]:
+        """Fits per measured level, memoised on the instance (a frozen dataclass: set through __dict__)."""
+        level = self._level_weights()[-1][0] if level is None else level
+        memo = self.__dict__.setdefault("_fits_memo", {})
+        got = memo.get(level)
+        if got is None:
+            got = memo[level] = self._fits_at(level)
+        return got
 
     def device_rate(self, name: str) -> float | None:
         """Median of a measured device rate (e.g. 'matmul_fp32' FLOP/s) at the active concurrency."""
-        vals = sorted(r.value for r in self.device_rates if r.name == name and r.concurrency == self.active_concurrency)
-        return vals[len(vals) // 2] if vals else None
+        def one(level: Any) -> float | None:
+            vals = sorted(r.value for r in self.device_rates if r.name == name and r.concurrency == level)
+            return vals[len(vals) // 2] if vals else None
+        return self._blend(one)
 
     def calibrated_cluster(self, cluster: Any) -> Any:
         """``cluster`` with its spec-sheet device rate and link numbers replaced by this profile's

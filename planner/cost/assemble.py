@@ -56,6 +56,15 @@ def _rank_params_uncached(cm, config: ParallelConfig, expert_copies: float) -> t
     return tuple((x[0], x[1], x[2]) for x in out)
 
 
+def _fsdp_units(cm, config: ParallelConfig) -> tuple[int, ...]:
+    """FSDP units per pipeline rank: one per transformer block plus one per model chunk (the chunk's root unit
+    holds embedding, final norm and head), as runtime/data_parallel.py shards them."""
+    out = [0] * config.pp
+    for c, (lo, hi) in enumerate(cm.ranges(config)):
+        out[ParallelConfig.chunk_to_pp_rank(c, config.pp, config.schedule)] += hi - lo + 1
+    return tuple(out)
+
+
 def assemble(cm, config: ParallelConfig, replicas: ExpertReplicas | None = None) -> Estimate:
     if config.compression != "none" and _compression is not None:
         _compression.check_combination(config.grad_sync, config.compression)
@@ -87,29 +96,38 @@ def assemble(cm, config: ParallelConfig, replicas: ExpertReplicas | None = None)
     codec_total = 0.0
     sync_memo: dict[tuple[float, float], tuple[float, int, float, float]] = {}
 
-    def _sync(dense: float, expert: float) -> tuple[float, int, float, float]:
+    zro = cm.options.zero1 == "zero_redundancy_optimizer" and config.zero_stage == 1
+    units = _fsdp_units(cm, config)
+
+    def _sync(dense: float, expert: float, n_units: int) -> tuple[float, int, float, float]:
         out = grad_sync_s(comm, config, dense, "dp", config.dp, mdl.dtype_bytes, mdl.hidden_size,
-                          cm.hw.hbm_bytes_per_s, cm.options.grad_bytes)
+                          cm.hw.hbm_bytes_per_s, cm.options.grad_bytes, zro, n_units)
         if expert:
             e = grad_sync_s(comm, config, expert, "edp", edp, mdl.dtype_bytes, mdl.hidden_size,
-                            cm.hw.hbm_bytes_per_s, cm.options.grad_bytes)
+                            cm.hw.hbm_bytes_per_s, cm.options.grad_bytes, zro, n_units)
             out = (out[0] + e[0], out[1] + e[1], out[2] + e[2], out[3] + e[3])
         return out
 
     for r in range(pp):
         dense, expert, _ = params[r]
-        memo = sync_memo.get((dense, expert))
+        memo = sync_memo.get((dense, expert, units[r]))
         if memo is None:
-            memo = sync_memo[(dense, expert)] = _sync(dense, expert)
+            memo = sync_memo[(dense, expert, units[r])] = _sync(dense, expert, units[r])
         rs, nb, ag, codec = memo
         exposed = exposed_after_backward_s(rs, nb, last_bwd[r], config.overlap_grad_reduce) + codec
         exposed += replica_sync[r]  # replica gradients are summed after the backward, before the DP reduction
-        if ag:  # updated parameters: gathered after the step, overlapped with the next forward when enabled
-            exposed += max(0.0, ag - first_fwd[r]) if config.overlap_grad_reduce else ag
+        if ag:  # updated parameters: gathered after the step, overlapped with the next forward when enabled;
+            # ZeroRedundancyOptimizer broadcasts them inside optimizer.step(), never overlapped. ZeRO-2 as
+            # FSDP (reshard_after_forward=False) re-gathers in every micro-batch's forward: FSDP reshards
+            # after each backward (torch FSDP2 post-backward), so m gathers per step
+            if config.zero_stage == 2:
+                ag *= m
+            gather_cover = first_fwd[r] * (m if config.zero_stage == 2 else 1)
+            exposed += max(0.0, ag - gather_cover) if config.overlap_grad_reduce and not zro else ag
         end_all = max(end_all, res.finish_s[r] + exposed)
         codec_total = max(codec_total, codec)
         opt_s = max(opt_s, optimizer_s(dense + expert, config.zero_stage, config.dp if not expert else
-                                       min(config.dp, edp), cm.hw.hbm_bytes_per_s))
+                                       min(config.dp, edp), cm.hw.hbm_bytes_per_s, cm.optimizer_s_per_param))
         if config.zero_stage >= 3 and config.dp > 1:
             n, per_node = group_layout(config.degrees, "dp", dpn)
             # ZeRO-3 / FSDP re-gathers the parameters in the forward and again in the backward of every
@@ -117,8 +135,10 @@ def assemble(cm, config: ParallelConfig, replicas: ExpertReplicas | None = None)
             # volume per forward/backward (Rajbhandari et al. 2020 Sec 7.2.2). The last micro-batch's
             # reduce-scatter is the step's DP sync priced above, so it is not counted twice here.
             # These run on their own stream beside the compute; only what exceeds the compute is exposed.
-            gather = 2 * cm.comm.time_s("all_gather", dense * mdl.dtype_bytes, n, per_node)
-            scatter = cm.comm.time_s("reduce_scatter", dense * cm.options.grad_bytes, n, per_node) * (m - 1) / m
+            # one collective per FSDP unit (a transformer block; runtime/data_parallel.py)
+            u = max(1, units[r])
+            gather = 2 * u * cm.comm.time_s("all_gather", dense * mdl.dtype_bytes / u, n, per_node)
+            scatter = u * cm.comm.time_s("reduce_scatter", dense * cm.options.grad_bytes / u, n, per_node) * (m - 1) / m
             per_mb = busy[r] / m
             zero3 = max(zero3, m * max(0.0, gather + scatter - per_mb))
     dp_exposed = end_all - res.makespan_s

@@ -37,12 +37,13 @@ ERA_OPTIONS = {
     # and all-reduced in fp16 (--accumulate-allreduce-grads-in-fp32 off); 2022 runs keep fp32 main grads
     # (Korthikanti Fig. 1: 18 bytes per parameter)
     "megatron2021": CostOptions(flash_attention=False, dropout=True, tp_comm_overlap=False, pp_comm_overlap=False,
-                                grad_bytes=2),
-    "megatron2022": CostOptions(flash_attention=False, dropout=True, tp_comm_overlap=False, pp_comm_overlap=False),
+                                grad_bytes=2, zero1="distributed_optimizer"),
+    "megatron2022": CostOptions(flash_attention=False, dropout=True, tp_comm_overlap=False, pp_comm_overlap=False,
+                                zero1="distributed_optimizer"),
     # Megatron-Core r0.8 (2024): Transformer Engine FlashAttention, --tp-comm-overlap, overlapped PP
     # communication, gradients reduced in bf16
     "mcore2024": CostOptions(flash_attention=True, dropout=True, tp_comm_overlap=True, pp_comm_overlap=True,
-                             grad_bytes=2),
+                             grad_bytes=2, zero1="distributed_optimizer"),
 }
 
 MICRO_BATCH_CHOICES = (1, 2, 4, 8)

@@ -20,18 +20,22 @@ from typing import Any, Sequence
 from planner.cluster_spec import ClusterSpec
 from planner.collectives import Collectives, group_layout
 from planner.cost import efficiency as eff
-from planner.cost import rank_memory
+from planner.cost import rank_memory, shared_host
 from planner.cost.compute import ZERO, BlockTime, Hardware, Shape, block_time, profiled_block_time
 from planner.cost.durations import ChunkDurations, PipelineDurations, p2p_s
 from planner.cost.pipeline import inflight_per_chunk
 from planner.cost.replicas import ExpertReplicas, expert_replicas
 from planner.cost.types import BREAKDOWN_WORDS, Estimate, MemoryEstimate, PartitionInputs
+from planner.errors import ConfigError
 from planner.layer_graph import Block, LayerGraph, layer_graph
 from planner.model_spec import ModelSpec
 from planner.parallel_config import ParallelConfig
 from planner.schedules import SPLIT_BACKWARD_SCHEDULES
 
 log = logging.getLogger(__name__)
+
+
+ZERO1_IMPLEMENTATIONS = ("zero_redundancy_optimizer", "distributed_optimizer")
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,17 @@ class CostOptions:
     2021-22, Korthikanti Fig. 1's 18 bytes / parameter) or 2 (reduced in bf16, Megatron-Core default)."""
     pp_scatter_gather: bool = True
     """Send 1/t of each activation between stages and all-gather over NVLink (Narayanan et al. 2021 Sec 4.1)."""
+    zero1: str = "zero_redundancy_optimizer"
+    """How ZeRO-1 moves bytes. 'zero_redundancy_optimizer' (hybridplan's runtime: torch
+    ``ZeroRedundancyOptimizer`` beside DDP, runtime/optim.py): gradients are all-reduced as without ZeRO,
+    each rank updates the parameters it owns and broadcasts them inside ``optimizer.step()``, so the
+    broadcast is never overlapped. 'distributed_optimizer' (Megatron ``--use-distributed-optimizer``,
+    Rajbhandari et al. 2020 Sec 5): reduce-scatter of the gradients, all-gather of the updated parameters,
+    which may overlap the next forward."""
+
+    def __post_init__(self) -> None:
+        if self.zero1 not in ZERO1_IMPLEMENTATIONS:
+            raise ConfigError(f"cost option zero1 must be one of {', '.join(ZERO1_IMPLEMENTATIONS)}, got {self.zero1!r}")
 
 
 @lru_cache(maxsize=4096)
@@ -91,17 +106,27 @@ class CostModel:
     """
 
     def __init__(self, model: ModelSpec, cluster: ClusterSpec, profile: Any = None,
-                 options: CostOptions | None = None):
+                 options: CostOptions | None = None, *, concurrency: float | None = None):
         self.model, self.cluster = model, cluster
         self.options = options or CostOptions()
         if profile is not None and hasattr(profile, "for_cluster"):
             profile = profile.for_cluster(cluster)
+        if profile is not None and concurrency is not None:
+            profile = profile.at_concurrency(concurrency)
         self.profile = profile
+        self._shared_host = concurrency is None and shared_host.applies(cluster, profile)
+        """Ranks share a host's cores: each estimate finds how many are busy (planner/cost/shared_host.py)."""
+        self._at: dict[float, CostModel] = {}
+        self._k_cache: dict[tuple, float] = {}
         self.graph = layer_graph(model, self.options.flash_attention, self.options.dropout)
         self.hw = Hardware(peak_flops=cluster.device.flops(model.dtype),
                            hbm_bytes_per_s=cluster.device.hbm_bandwidth_bytes_per_s,
                            family=eff.device_family(cluster.device.name))
         self.comm = Collectives(cluster, profile)
+        rate = profile.device_rate("optimizer_adamw_s_per_param") if hasattr(profile, "device_rate") else None
+        self.optimizer_s_per_param: float | None = rate
+        """Measured AdamW seconds per parameter (the profiler times the runtime's optimizer step); None: the
+        memory-bound estimate of planner/cost/sync.py."""
         self.capacity_bytes = float(cluster.device.memory_bytes) * (1.0 - eff.MEMORY_SAFETY_MARGIN)
         self._block_cache: dict[tuple, BlockTime] = {}
         self._chunk_cache: dict[tuple, tuple[ChunkDurations, ...]] = {}
@@ -179,7 +204,33 @@ class CostModel:
         weight gradient) and the stage-to-stage transfer time: what the pipeline simulation runs on, for the
         step time here and the predicted timeline / trace in planner/report (planner/cost/durations.py)."""
         config.validate_for(self.model, self.cluster.world_size)
+        if self._shared_host:
+            return self.at_concurrency(self._concurrency_of(config)).pipeline_durations(config)
         return self._durations(config)
+
+    # ------------------------------------------------------------------ shared hosts
+    def at_concurrency(self, k: float) -> "CostModel":
+        """This model with the profile read at ``k`` busy ranks per host (planner/cost/shared_host.py)."""
+        got = self._at.get(k)
+        if got is None:
+            got = self._at[k] = CostModel(self.model, self.cluster, self.profile, self.options, concurrency=k)
+        return got
+
+    def _concurrency_of(self, config: ParallelConfig, expert_placement: Any = None) -> float:
+        key = (config, None if expert_placement is None else tuple(map(tuple, expert_placement)))
+        k = self._k_cache.get(key)
+        if k is None:
+            k = self._k_cache[key] = shared_host.concurrency_for(
+                self, config, lambda c: self._estimate_at(c, config, expert_placement))[0]
+        return k
+
+    def _estimate_at(self, k: float, config: ParallelConfig, expert_placement: Any = None) -> Estimate:
+        """``config`` priced at concurrency ``k`` with nothing overlapped: on a shared host gloo's collectives
+        copy and reduce on the cores the compute needs, so overlapping them only interleaves the same CPU
+        work (measured: DDP's in-backward all-reduce lengthened the backward by the all-reduce's time)."""
+        serial = config.replace(overlap_grad_reduce=False) if config.overlap_grad_reduce else config
+        est = self.at_concurrency(k).estimate(serial, expert_placement=expert_placement)
+        return est if serial is config else dataclasses.replace(est, config=config)
 
     def _chunk_key(self, config: ParallelConfig) -> tuple:
         """What the per-chunk durations depend on (not dp, ZeRO, grad sync: what the search varies most)."""
@@ -294,13 +345,23 @@ class CostModel:
         gives some EP rank more than E / ep experts (replicated hot experts), the copies' memory and their
         gradient reduction are priced (planner/cost/replicas.py). None: the even split."""
         config.validate_for(self.model, self.cluster.world_size)
+        if self._shared_host:
+            k = self._concurrency_of(config, expert_placement)
+            est = self._estimate_at(k, config, expert_placement)
+            note = (f"shared host: on average {k:.1f} of the {self.cluster.devices_per_node} ranks per host compute "
+                    f"at once; block times read from the profile at that concurrency")
+            return dataclasses.replace(est, notes=est.notes + (note,))
         from planner.cost.assemble import assemble  # local: keeps this file to the per-chunk terms
 
         return assemble(self, config, expert_replicas(self.model, config.ep, expert_placement))
 
     def partition_inputs(self, config: ParallelConfig) -> PartitionInputs:
-        """Per-layer time and memory vectors for the stage partitioner (see PartitionInputs)."""
+        """Per-layer time and memory vectors for the stage partitioner (see PartitionInputs). On a shared
+        host: at the profile's lowest concurrency, the fastest a block can run, so the search's bounds built
+        from these stay lower bounds (planner/search/bounds.py); the partitioner only needs their ratios."""
         config.validate_for(self.model, self.cluster.world_size)
+        if self._shared_host:
+            return self.at_concurrency(float(self.profile.concurrency_levels[0])).partition_inputs(config)
         lts = self._layer_times(config)
         layer_mem = rank_memory.layer_memory(self, config)
         L = self.model.num_layers

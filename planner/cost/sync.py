@@ -5,7 +5,10 @@ Gradients are reduced in fp32 buckets of ``config.bucket_size_bytes`` (torch DDP
   'hierarchical': reduce-scatter in the node, all-reduce across nodes, all-gather in the node;
   'ps': a central parameter server (push + pull through one link; Li et al. 2014), for comparison;
 * zero_stage >= 1: reduce-scatter of the gradients, all-gather of the updated 16-bit parameters
-  (Rajbhandari et al. 2020 Sec 5; Megatron distributed optimizer), i.e. a sharded parameter server.
+  (Rajbhandari et al. 2020 Sec 5; Megatron distributed optimizer), i.e. a sharded parameter server;
+  ZeRO-1 as torch's ZeroRedundancyOptimizer (``CostOptions.zero1``, hybridplan's runtime) all-reduces the
+  gradients instead and broadcasts each owner's updated parameters (the all-gather's volume);
+  ZeRO-2/3 as FSDP issue one collective per FSDP unit (a transformer block), not per bucket.
 Compression (planner/compression.py, communication engineer) changes the bytes on the wire and adds
 its encode / decode time on the compute stream (never hidden).
 
@@ -41,19 +44,26 @@ def exposed_after_backward_s(total_comm_s: float, n_buckets: int, backward_s: fl
 
 
 def grad_sync_s(comm, config, elements: float, axis: str, group_size: int, dtype_bytes: int,
-                hidden: int, hbm_bytes_per_s: float, grad_bytes: int = 4) -> tuple[float, int, float, float]:
+                hidden: int, hbm_bytes_per_s: float, grad_bytes: int = 4,
+                zero1_allreduce: bool = False, fsdp_units: int = 0) -> tuple[float, int, float, float]:
     """(gradient-reduction seconds, buckets, parameter all-gather seconds, codec seconds) for ``elements``
-    gradients of one rank over its ``axis`` group. ``comm(op, nbytes, axis) -> s``."""
+    gradients of one rank over its ``axis`` group. ``comm(op, nbytes, axis) -> s``. ``zero1_allreduce``:
+    ZeRO-1 reduces with a full all-reduce (ZeroRedundancyOptimizer beside DDP), not a reduce-scatter.
+    ``fsdp_units``: ZeRO-2/3 run as FSDP (runtime/data_parallel.py: one ``fully_shard`` unit per transformer
+    block plus the chunk), which issues one collective per unit, not per bucket; 0: buckets."""
     if group_size <= 1 or elements <= 0:
         return 0.0, 0, 0.0, 0.0
     GRAD_BYTES = grad_bytes  # noqa: N806 - the buffer's element size, fp32 or bf16
     total_bytes = elements * GRAD_BYTES
     n_b = max(1, math.ceil(total_bytes / config.bucket_size_bytes))
+    if config.zero_stage >= 2 and fsdp_units > 0:
+        n_b = fsdp_units
     per_elems = elements / n_b
     method = config.compression
     codec = 0.0
     if config.zero_stage >= 1:
-        rs = n_b * comm("reduce_scatter", per_elems * GRAD_BYTES, axis)
+        reduce_op = "all_reduce" if zero1_allreduce and config.zero_stage == 1 else "reduce_scatter"
+        rs = n_b * comm(reduce_op, per_elems * GRAD_BYTES, axis)
         ag = n_b * comm("all_gather", per_elems * dtype_bytes, axis) if config.zero_stage < 3 else 0.0
         return rs, n_b, ag, codec
     if method != "none" and _compression is not None:
@@ -72,7 +82,12 @@ def grad_sync_s(comm, config, elements: float, axis: str, group_size: int, dtype
     return n_b * comm(_SYNC_OP[config.grad_sync], total_bytes / n_b, axis), n_b, 0.0, codec
 
 
-def optimizer_s(params_on_rank: float, zero_stage: int, dp: int, hbm_bytes_per_s: float) -> float:
-    """Memory-bound Adam step over the rank's (ZeRO-sharded) parameters."""
+def optimizer_s(params_on_rank: float, zero_stage: int, dp: int, hbm_bytes_per_s: float,
+                s_per_param: float | None = None) -> float:
+    """Adam step over the rank's (ZeRO-sharded) parameters: ``s_per_param`` x parameters when the profile
+    measured the runtime's optimizer step (profiler ``optimizer_adamw_s_per_param``), else memory-bound
+    (OPTIMIZER_BYTES_PER_PARAM streamed at the achievable HBM bandwidth)."""
     shard = dp if zero_stage >= 1 else 1
+    if s_per_param:
+        return params_on_rank / shard * s_per_param
     return params_on_rank / shard * eff.OPTIMIZER_BYTES_PER_PARAM / (hbm_bytes_per_s * eff.HBM_EFFICIENCY)
