@@ -38,6 +38,7 @@ exact (op, group_size, link_level), up to ``EXTRAPOLATION_FACTOR`` x the largest
 from __future__ import annotations
 
 import dataclasses
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -215,8 +216,8 @@ class Profile:
     def device_rate(self, name: str) -> float | None:
         """Median of a measured device rate (e.g. 'matmul_fp32' FLOP/s) at the active concurrency."""
         def one(level: Any) -> float | None:
-            vals = sorted(r.value for r in self.device_rates if r.name == name and r.concurrency == level)
-            return vals[len(vals) // 2] if vals else None
+            vals = [r.value for r in self.device_rates if r.name == name and r.concurrency == level]
+            return statistics.median(vals) if vals else None
         return self._blend(one)
 
     def calibrated_cluster(self, cluster: Any) -> Any:
@@ -295,9 +296,11 @@ class Profile:
         return cls.from_dict(read_json(path, "profile"), str(path))
 
     @classmethod
-    def merge(cls, profiles: Iterable["Profile"]) -> "Profile":
+    def merge(cls, profiles: Iterable["Profile"], average: bool = False) -> "Profile":
         """One profile from several runs on the same device: all raw samples kept; a block measured in
-        several runs (same model, kind, tp, shape, sp, dtype, concurrency) keeps the latest run's record."""
+        several runs (same model, kind, tp, shape, sp, dtype, concurrency) keeps the latest run's record,
+        or with ``average`` the mean of the runs' times (profiles taken before and after a measurement
+        bracket it: a shared machine's speed drifts over minutes, and the mean is its speed in between)."""
         ps = list(profiles)
         if not ps:
             raise SpecError("nothing to merge: no profiles given")
@@ -307,11 +310,12 @@ class Profile:
         ps.sort(key=lambda p: p.header.date)
         latest = ps[-1].header
         widest = max(ps, key=lambda p: p.header.world_size).header
-        blocks: dict[tuple, BlockRecord] = {}
+        runs: dict[tuple, list[BlockRecord]] = {}
         for p in ps:
             for r in p.blocks:
-                blocks[(r.model, r.block_kind, r.tp, r.micro_batch, r.seq_len, r.sequence_parallel, r.dtype,
-                        r.concurrency)] = r
+                runs.setdefault((r.model, r.block_kind, r.tp, r.micro_batch, r.seq_len, r.sequence_parallel, r.dtype,
+                                 r.concurrency), []).append(r)
+        blocks = {k: _mean_record(v) if average else v[-1] for k, v in runs.items()}
         header = dataclasses.replace(latest, world_size=widest.world_size, nodes=widest.nodes,
                                      devices_per_node=widest.devices_per_node,
                                      notes="; ".join(dict.fromkeys(p.header.notes for p in ps if p.header.notes)))
@@ -324,6 +328,18 @@ class Profile:
         return cls(header=header, blocks=tuple(blocks.values()),
                    collectives=tuple(s for p in ps for s in p.collectives),
                    device_rates=tuple(r for p in ps for r in p.device_rates), models=models)
+
+
+def _mean_record(recs: list[BlockRecord]) -> BlockRecord:
+    """The latest record with every time replaced by the mean over ``recs`` (spreads: the largest)."""
+    def mean(name: str) -> float | None:
+        vals = [getattr(r, name) for r in recs]
+        return None if any(v is None for v in vals) else sum(vals) / len(vals)
+    return dataclasses.replace(recs[-1], forward_s=mean("forward_s"), backward_s=mean("backward_s"),
+                               recompute_s=mean("recompute_s"),
+                               forward_spread_s=max(r.forward_spread_s for r in recs),
+                               backward_spread_s=max(r.backward_spread_s for r in recs),
+                               repeats=sum(r.repeats for r in recs))
 
 
 def _arch(spec: dict) -> dict:

@@ -76,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     merge = sub.add_parser("merge", help="merge profiles of several runs on the same device")
     merge.add_argument("inputs", nargs="+")
     merge.add_argument("--out", required=True)
+    merge.add_argument("--average", action="store_true",
+                       help="a block measured in several inputs gets the mean of their times (default: the latest)")
     return p
 
 
@@ -98,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     if args.command == "merge":
-        merged = Profile.merge(Profile.load(p) for p in args.inputs)
+        merged = Profile.merge((Profile.load(p) for p in args.inputs), average=args.average)
         merged.save(args.out)
         print(f"merged {len(args.inputs)} profiles -> {args.out}")
         return 0

@@ -159,3 +159,13 @@ def test_calibrated_cpu_cluster_uses_measurements():
     assert c.intra_node.latency_s == pytest.approx(5e-5)
     assert c.intra_node.bandwidth_bytes_per_s == pytest.approx(5e8)
     assert c.devices_per_node == 2 and c.backend == "gloo"
+
+
+def test_merge_average_brackets_a_measurement():
+    before = _profile(header=_header(date="2025-01-01T00:00:00Z"), blocks=(_block(mb=1, fwd=1.0, bwd=2.0),))
+    after = _profile(header=_header(date="2025-01-01T01:00:00Z"), blocks=(_block(mb=1, fwd=2.0, bwd=4.0, rec=None),))
+    m = Profile.merge([before, after], average=True)
+    assert m.at_concurrency(2).block_time_s("attention", 1, 1, 64, False) == (1.5, 3.0)
+    assert m.blocks[0].recompute_s is None  # one run did not measure it: no half-made mean
+    assert m.blocks[0].repeats == 10
+    assert Profile.merge([before, after]).at_concurrency(2).block_time_s("attention", 1, 1, 64, False) == (2.0, 4.0)
