@@ -16,7 +16,8 @@ File format: JSON (human-readable, diff-able), ``kind = "hybridplan.profile"``, 
 
 Device rates (per rank, all ranks running): ``matmul_<dtype>`` FLOP/s of a 512^3 matmul,
 ``memory_bandwidth`` bytes/s of a streaming add, ``optimizer_adamw_s_per_param`` seconds per parameter of
-the runtime's AdamW step. Long-form records, no keys parsed out of strings (STYLE.md 7). ``fits`` are
+the runtime's AdamW step, ``grad_sync_<method>_g<group>_s_per_element`` the runtime's compressed
+gradient sync per element (profiler/grad_sync.py). Long-form records, no keys parsed out of strings (STYLE.md 7). ``fits`` are
 recomputed from the raw samples on load (one source of truth), so they can never disagree with them.
 
 ``concurrency``: how many ranks ran on this host while the record was measured. On a CPU host the
@@ -219,6 +220,11 @@ class Profile:
             vals = [r.value for r in self.device_rates if r.name == name and r.concurrency == level]
             return statistics.median(vals) if vals else None
         return self._blend(one)
+
+    def grad_sync_s_per_element(self, method: str, group_size: int) -> float | None:
+        """Measured seconds per gradient element of the runtime's ``method`` sync over ``group_size`` ranks
+        (profiler/grad_sync.py: wire and codec together); None where not measured."""
+        return self.device_rate(f"grad_sync_{method}_g{group_size}_s_per_element")
 
     def calibrated_cluster(self, cluster: Any) -> Any:
         """``cluster`` with its spec-sheet device rate and link numbers replaced by this profile's

@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     links.add_argument("--warmup", type=int, default=2)
     links.add_argument("--repeats", type=int, default=7)
     links.add_argument("--threads", type=int, default=None, help="torch threads per process (CPU)")
+    links.add_argument("--no-grad-sync", action="store_true",
+                       help="skip timing the runtime's compressed gradient syncs (profiler/grad_sync.py)")
     links.add_argument("--out", required=True, help="profile JSON to write (rank 0)")
 
     merge = sub.add_parser("merge", help="merge profiles of several runs on the same device")

@@ -6,7 +6,7 @@ import argparse
 import os
 
 from planner.errors import SpecError
-from planner.profile import COLLECTIVE_OPS, Profile
+from planner.profile import COLLECTIVE_OPS, DeviceRate, Profile
 
 
 def links_worker(opts: dict) -> None:
@@ -24,10 +24,17 @@ def links_worker(opts: dict) -> None:
                       factor=opts["factor"], warmup=opts["warmup"], repeats=opts["repeats"])
     try:
         samples = run_sweep(sweep, per_node, device)
+        rates = ()
+        if opts.get("grad_sync", True):
+            from profiler.grad_sync import compressed_sync_rates, rate_name
+
+            world = dist.get_world_size()
+            rates = tuple(DeviceRate(name=rate_name(m, world), value=v, concurrency=per_node)
+                          for m, v in compressed_sync_rates(per_node, device, repeats=opts["repeats"]).items())
         if dist.get_rank() == 0:
             header = make_header(device, backend, dist.get_world_size(), per_node,
                                  notes=f"links: {torch.get_num_threads()} threads per rank")
-            Profile(header=header, collectives=tuple(samples)).save(opts["out"])
+            Profile(header=header, collectives=tuple(samples), device_rates=rates).save(opts["out"])
         dist.barrier()
     finally:
         dist.destroy_process_group()
@@ -41,7 +48,8 @@ def run_links(args: argparse.Namespace) -> int:
     if args.factor < 2 or args.min_bytes > args.max_bytes or args.repeats < 1 or args.warmup < 0:
         raise SpecError("links: need --factor >= 2, --min-bytes <= --max-bytes, --repeats >= 1, --warmup >= 0")
     opts = dict(ops=ops, min_bytes=args.min_bytes, max_bytes=args.max_bytes, factor=args.factor,
-                warmup=args.warmup, repeats=args.repeats, out=os.path.abspath(args.out), threads=args.threads)
+                warmup=args.warmup, repeats=args.repeats, out=os.path.abspath(args.out), threads=args.threads,
+                grad_sync=not getattr(args, "no_grad_sync", False))
     if args.nproc is None:
         if "RANK" not in os.environ:
             raise SpecError("links needs several ranks: run it under torchrun, or pass --nproc N")

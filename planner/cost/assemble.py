@@ -99,9 +99,13 @@ def assemble(cm, config: ParallelConfig, replicas: ExpertReplicas | None = None)
     zro = cm.options.zero1 == "zero_redundancy_optimizer" and config.zero_stage == 1
     units = _fsdp_units(cm, config)
 
+    measured = (cm.profile.grad_sync_s_per_element(config.compression, config.dp)
+                if config.compression != "none" and config.zero_stage == 0 and config.grad_sync == "allreduce"
+                and hasattr(cm.profile, "grad_sync_s_per_element") else None)
+
     def _sync(dense: float, expert: float, n_units: int) -> tuple[float, int, float, float]:
         out = grad_sync_s(comm, config, dense, "dp", config.dp, mdl.dtype_bytes, mdl.hidden_size,
-                          cm.hw.hbm_bytes_per_s, cm.options.grad_bytes, zro, n_units)
+                          cm.hw.hbm_bytes_per_s, cm.options.grad_bytes, zro, n_units, measured)
         if expert:
             e = grad_sync_s(comm, config, expert, "edp", edp, mdl.dtype_bytes, mdl.hidden_size,
                             cm.hw.hbm_bytes_per_s, cm.options.grad_bytes, zro, n_units)

@@ -45,12 +45,15 @@ def exposed_after_backward_s(total_comm_s: float, n_buckets: int, backward_s: fl
 
 def grad_sync_s(comm, config, elements: float, axis: str, group_size: int, dtype_bytes: int,
                 hidden: int, hbm_bytes_per_s: float, grad_bytes: int = 4,
-                zero1_allreduce: bool = False, fsdp_units: int = 0) -> tuple[float, int, float, float]:
+                zero1_allreduce: bool = False, fsdp_units: int = 0,
+                measured_s_per_element: float | None = None) -> tuple[float, int, float, float]:
     """(gradient-reduction seconds, buckets, parameter all-gather seconds, codec seconds) for ``elements``
     gradients of one rank over its ``axis`` group. ``comm(op, nbytes, axis) -> s``. ``zero1_allreduce``:
     ZeRO-1 reduces with a full all-reduce (ZeroRedundancyOptimizer beside DDP), not a reduce-scatter.
     ``fsdp_units``: ZeRO-2/3 run as FSDP (runtime/data_parallel.py: one ``fully_shard`` unit per transformer
-    block plus the chunk), which issues one collective per unit, not per bucket; 0: buckets."""
+    block plus the chunk), which issues one collective per unit, not per bucket; 0: buckets.
+    ``measured_s_per_element``: the profile timed the runtime's sync of this compression method over this
+    group size (profiler/grad_sync.py); it replaces the wire + codec model (both are in it)."""
     if group_size <= 1 or elements <= 0:
         return 0.0, 0, 0.0, 0.0
     GRAD_BYTES = grad_bytes  # noqa: N806 - the buffer's element size, fp32 or bf16
@@ -66,6 +69,8 @@ def grad_sync_s(comm, config, elements: float, axis: str, group_size: int, dtype
         rs = n_b * comm(reduce_op, per_elems * GRAD_BYTES, axis)
         ag = n_b * comm("all_gather", per_elems * dtype_bytes, axis) if config.zero_stage < 3 else 0.0
         return rs, n_b, ag, codec
+    if method != "none" and measured_s_per_element:
+        return elements * measured_s_per_element, n_b, 0.0, 0.0
     if method != "none" and _compression is not None:
         payload = _compression.payload_bytes(method, int(per_elems), config.compression_param, GRAD_BYTES,
                                              hidden=hidden)

@@ -117,3 +117,17 @@ def test_zero1_as_the_runtime_runs_it_costs_more_sync_than_megatron_distributed_
     assert sync(megatron, cfg) < sync(ours, cfg)
     with pytest.raises(ConfigError, match="zero1"):
         CostOptions(zero1="nonsense")
+
+
+def test_measured_compressed_sync_replaces_the_wire_and_codec_model():
+    rate = 3e-8
+    prof = _profile()
+    prof = Profile(header=prof.header, blocks=prof.blocks, collectives=prof.collectives, models=prof.models,
+                   device_rates=prof.device_rates + (DeviceRate("grad_sync_topk_g4_s_per_element", rate, 4),))
+    cm = CostModel(MODEL, resolve_cluster("cpu", gpus=4), prof).at_concurrency(4.0)
+    cfg = _cfg(dp=4, micro_batch_size=2, compression="topk", overlap_grad_reduce=False)
+    est = cm.estimate(cfg)
+    assert est.breakdown["dp_sync_exposed"] == pytest.approx(MODEL.total_params() * rate, rel=1e-6)
+    # not measured for this method: the analytical model answers
+    assert cm.estimate(cfg.replace(compression="int8")).breakdown["dp_sync_exposed"] != pytest.approx(
+        MODEL.total_params() * rate, rel=1e-3)

@@ -50,6 +50,10 @@ def test_links_on_two_local_ranks_writes_fitted_profile(tmp_path, capsys):
         assert fit.alpha_s >= 0 and fit.beta_s_per_byte >= 0
     assert p.collective_time_s("all_reduce", 2, "intra_node", 64 * 1024) > 0
     assert capsys.readouterr().out.count("alpha_us") == 1  # one summary, from rank 0
+    # the runtime's compressed syncs, timed end to end over the two ranks (profiler/grad_sync.py)
+    for method in ("fp16", "bf16", "int8", "topk", "powersgd"):
+        assert p.grad_sync_s_per_element(method, 2) > 0
+    assert p.grad_sync_s_per_element("topk", 4) is None
 
 
 def test_links_refuses_bad_requests(tmp_path, capsys):
