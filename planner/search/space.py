@@ -26,7 +26,8 @@ Default pruning rules (each lifted for its dimension by ``--fix``, see ``constra
   when fixed (same bytes and cost as 'bf16'), int8 / topk / powersgd only with the flat all-reduce
   (planner.compression.check_combination);
 * what the runtime cannot run yet is left out: ZeRO >= 1 with MoE layers (runtime/data_parallel.py), and on
-  a gloo cluster (the ``cpu`` preset) schedules other than ``GLOO_SCHEDULES``.
+  a gloo cluster (the ``cpu`` preset) schedules other than ``GLOO_SCHEDULES`` and ZeRO stages other than
+  ``GLOO_ZERO_STAGES`` (both can still be pinned with --fix).
 """
 
 from __future__ import annotations
@@ -46,6 +47,12 @@ from planner.search.constraints import Constraints
 GLOO_SCHEDULES = ("gpipe", "1f1b")
 """Schedules enumerated on a gloo (CPU) cluster: torch.distributed.pipelining's ScheduleGPipe and Schedule1F1B
 are what runtime verify exercises on CPU; the others can still be pinned with --fix schedule=..."""
+GLOO_ZERO_STAGES = (0, 1)
+"""ZeRO stages enumerated on a gloo cluster. ZeRO-2/3 run as FSDP2 (runtime/data_parallel.py), whose per-block
+hooks, DTensor parameters and copies cost far more on CPU than its collectives: measured on the 2-core host
+(bench/measured_loop.py), ZeRO-3 steps took 0.40-0.45 s where the cost model, pricing the collectives from
+the profile, predicted 0.25-0.28 s and plain DDP measured 0.27 s. A profile does not measure FSDP itself, so
+the planner cannot price it there and does not propose it; --fix zero=2 or 3 still plans it."""
 DEFAULT_COMPRESSIONS = ("none", "bf16", "int8", "topk", "powersgd")
 
 
@@ -187,8 +194,9 @@ def sync_options(space: SearchSpace, g: ComputeGroup) -> Iterator[SyncOption]:
     hier = _hierarchical_helps(g.tp, g.dp, space.cluster.devices_per_node)
     modes = [s for s in ("allreduce", "hierarchical", "ps") if c.allows("grad_sync", s)
              and (c.is_fixed("grad_sync") or s == "allreduce" or (s == "hierarchical" and hier))]
+    gloo = space.cluster.backend == "gloo"
     zeros = [z for z in (0, 1, 2, 3) if c.allows("zero", z) and (c.is_fixed("zero") or z == 0 or (
-        g.dp > 1 and not space.model.is_moe))]
+        g.dp > 1 and not space.model.is_moe and (not gloo or z in GLOO_ZERO_STAGES)))]
     comps = [x for x in ("none", "fp16", "bf16", "int8", "topk", "powersgd") if c.allows("compression", x)
              and (c.is_fixed("compression") or x in DEFAULT_COMPRESSIONS)]
     for z in zeros:
