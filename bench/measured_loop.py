@@ -10,8 +10,11 @@
    of one launch of ``--steps`` steps per plan (round-robin, so load drift on this shared machine hits all
    plans alike); a plan's measured step time is the median over launches of the median step after the
    warm-up steps (medians, not means).
-4. Prints predicted vs measured per plan, the MAPE, the Spearman rank correlation, and how much slower the
-   planner's chosen plan measured than the best measured plan of its world size.
+4. Profiles the machine again and prints predicted vs measured per plan, predicted with the mean of the two
+   profiles (``profiler merge --average``: this shared VM's speed drifts 10-30 % over minutes; the two
+   profiles bracket the runs, and the drift between them is printed, as is the MAPE from the first profile
+   alone), the MAPE, the Spearman rank correlation, and how much slower the planner's chosen plan measured
+   than the best measured plan of its world size (the choice is made from the first profile only).
 5. Load balancing: runs a 2-stage pipeline plan with its first stage slowed (``--slow-factor``), writes the
    measured trace, ``python -m planner rebalance`` re-splits the layers, and the run resumes from its DCP
    checkpoint under the new plan with the same slowdown; prints both step times.
@@ -54,14 +57,15 @@ def sh(cmd: list[str], what: str) -> str:
     return proc.stdout
 
 
-def profile_machine(model_path: Path, out: Path, reuse: bool) -> Path:
-    merged = out / "profile.json"
+def profile_machine(model_path: Path, out: Path, reuse: bool, tag: str = "") -> Path:
+    """Profile this machine (layers and links at 2 and 4 concurrent ranks) into ``profile{tag}.json``."""
+    merged = out / f"profile{tag}.json"
     if reuse and merged.exists():
         return merged
     py = sys.executable
     parts = []
     for world, tps in ((2, "1,2"), (4, "1,2,4")):
-        lay, lnk = out / f"layers{world}.json", out / f"links{world}.json"
+        lay, lnk = out / f"layers{world}{tag}.json", out / f"links{world}{tag}.json"
         sh([py, "-m", "profiler", "layers", "--model", str(model_path), "--tp", tps, "--micro-batch", "1,2,4,8", "--sequence-parallel",
             "--concurrency", str(world), "--repeats", "5", "--out", str(lay)], f"profiler layers ({world} ranks)")
         sh([py, "-m", "profiler", "links", "--nproc", str(world), "--max-bytes", "16MiB", "--repeats", "5",
@@ -86,6 +90,31 @@ def plan(model_path: Path, profile: Path, world: int, fixes: dict[str, int], out
     summary["world"] = world
     summary["label"] = name
     return summary
+
+
+def bracketed_predictions(plans: dict[str, dict], before: Path, after: Path, out: Path) -> tuple[dict[str, float], float]:
+    """Each plan re-priced with the mean of the profiles taken before and after the runs (``profiler merge
+    --average``), and the drift: median ratio of block times after / before. Why: this shared VM's speed
+    drifts by 10-30 % over minutes, which no cost model can predict; bracketing the runs with two profiles
+    takes the machine's speed in between, so the error left is the model's."""
+    from planner.cost import CostModel
+    from planner.plan import Plan
+    from planner.profile import Profile
+
+    both = out / "profile_bracketed.json"
+    sh([sys.executable, "-m", "profiler", "merge", str(before), str(after), "--average", "--out", str(both)],
+       "profiler merge --average")
+    prof = Profile.load(both)
+    a, b = Profile.load(before), Profile.load(after)
+    key = lambda r: (r.block_kind, r.tp, r.micro_batch, r.seq_len, r.sequence_parallel, r.concurrency)  # noqa: E731
+    first = {key(r): r.forward_s + r.backward_s for r in a.blocks}
+    ratios = [(r.forward_s + r.backward_s) / first[key(r)] for r in b.blocks if first.get(key(r))]
+    drift = statistics.median(ratios) if ratios else 1.0
+    preds = {}
+    for name, p in plans.items():
+        plan = Plan.load(p["plan_path"])
+        preds[name] = CostModel(plan.model, plan.cluster, prof).estimate(plan.config).step_time_s
+    return preds, drift
 
 
 def spearman(xs: list[float], ys: list[float]) -> float:
@@ -146,12 +175,20 @@ def main() -> int:
         for name, p in plans.items():
             runs[name].append(step_time(launch(p["plan_path"], p["world"], args.steps), args.warmup_steps))
         print(f"  round {r + 1}/{args.repeats} done (load average {os.getloadavg()[0]:.1f})", flush=True)
-    rows = [(p["world"], name, p["step_time_s"], statistics.median(runs[name])) for name, p in plans.items()]
-    print(f"\n{'plan':<32}{'world':>6}{'predicted_s':>13}{'measured_s':>12}{'error':>8}  chosen")
+    t1 = time.time()
+    after = profile_machine(model_path, out, args.reuse_profile, tag="_after")
+    print(f"profile after the runs: {after} ({time.time() - t1:.0f} s)", flush=True)
+    bracketed, drift = bracketed_predictions(plans, profile, after, out)
+    rows = [(p["world"], name, bracketed[name], statistics.median(runs[name])) for name, p in plans.items()]
+    print(f"\n{'plan':<32}{'world':>6}{'pred_before_s':>14}{'predicted_s':>13}{'measured_s':>12}{'error':>8}  chosen")
     for world, name, pred, meas in sorted(rows):
         mark = "*" if chosen.get(world) == name else ""
-        print(f"{name:<32}{world:>6}{pred:>13.3f}{meas:>12.3f}{(pred - meas) / meas:>+8.0%}  {mark}")
+        print(f"{name:<32}{world:>6}{plans[name]['step_time_s']:>14.3f}{pred:>13.3f}{meas:>12.3f}"
+              f"{(pred - meas) / meas:>+8.0%}  {mark}")
     mape = statistics.fmean(abs(p - m) / m for _, _, p, m in rows)
+    mape_before = statistics.fmean(abs(plans[n]["step_time_s"] - m) / m for _, n, _, m in rows)
+    print(f"predicted_s: the plan priced with the mean of the profiles before and after the runs; block times "
+          f"drifted {drift - 1:+.1%} between them. MAPE with the profile before the runs alone: {mape_before:.1%}")
     rho = spearman([p for *_, p, _ in rows], [m for *_, m in rows])
     gaps = []
     for world in (2, 4):
