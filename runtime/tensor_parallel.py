@@ -24,7 +24,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.tensor import DTensor, Replicate, Shard
+from torch.distributed.tensor import DTensor, Partial, Replicate, Shard
 from torch.distributed.tensor.parallel import (ColwiseParallel, PrepareModuleInput, PrepareModuleOutput,
                                                RowwiseParallel, SequenceParallel, parallelize_module)
 
@@ -140,11 +140,38 @@ def reduce_partial_grads(module: nn.Module) -> None:
     A sequence-parallel norm weight is a Replicate DTensor whose gradient autograd leaves as
     ``Partial(sum)`` (each rank saw its sequence slice); the optimizer would reduce it lazily, but the
     gradient norm, clipping and checkpoints must see the reduced value, so it is all-reduced here.
+    Pending sums over the same mesh are reduced in one all-reduce of their concatenation: one per norm
+    weight cost 17 collectives per step on an 8-layer tp4 model, ~100 ms of gloo latency on the 2-core
+    host (bench/measured_loop.py), where the sum itself is a few kilobytes.
     """
+    batches: dict[int, list[nn.Parameter]] = {}
     for p in module.parameters():
         g = p.grad
         if isinstance(g, DTensor) and tuple(g.placements) != tuple(p.placements):
-            p.grad = g.redistribute(p.device_mesh, p.placements)
+            if _is_pending_sum(g, p):
+                batches.setdefault(id(g.device_mesh), []).append(p)
+            else:
+                p.grad = g.redistribute(p.device_mesh, p.placements)
+    for params in batches.values():
+        locals_ = [p.grad.to_local() for p in params]
+        if len(params) == 1:
+            params[0].grad = params[0].grad.redistribute(params[0].device_mesh, params[0].placements)
+            continue
+        flat = torch.cat([t.reshape(-1) for t in locals_])
+        dist.all_reduce(flat, group=params[0].grad.device_mesh.get_group())
+        offset = 0
+        for p, t in zip(params, locals_):
+            n = t.numel()
+            p.grad = DTensor.from_local(flat[offset:offset + n].view_as(t), p.device_mesh, p.placements,
+                                        run_check=False)
+            offset += n
+
+
+def _is_pending_sum(g: DTensor, p: nn.Parameter) -> bool:
+    """A 1-D mesh gradient that is Partial(sum) where its parameter is Replicate (the SP norm case)."""
+    return (g.device_mesh.ndim == 1 and len(g.placements) == 1 and isinstance(g.placements[0], Partial)
+            and g.placements[0].reduce_op == "sum" and isinstance(p.placements[0], Replicate)
+            and g.device_mesh == p.device_mesh and g.dtype == p.dtype)
 
 
 TP_SPEC_ATTR = "_hp_tp_spec"
