@@ -142,23 +142,30 @@ def optimizer_layers(spec: ModelSpec) -> int:
     return max(1, min(spec.num_layers, -(-OPTIMIZER_STATE_BYTES // per_layer)))
 
 
-def optimizer_step_s_per_param(spec: ModelSpec, device: torch.device, repeats: int = 7) -> float:
+def optimizer_step_s_per_param(spec: ModelSpec, device: torch.device, repeats: int = 7, tp_mesh: Any = None) -> float:
     """Seconds per parameter of the runtime's own optimizer step (runtime/optim.py: AdamW, per-parameter
     loop) over ``optimizer_layers`` transformer layers, while every rank runs one; a memory-bandwidth model
-    misses the per-tensor dispatch that dominates small models on CPU."""
+    misses the per-tensor dispatch that dominates small models on CPU. With ``tp_mesh`` the layers are
+    tensor-parallel DTensors, as the runtime's optimizer sees them without DDP (measured: DTensor dispatch
+    made a tp4 step 2.5x slower per local parameter than plain tensors); per local parameter."""
     from runtime.model import ChunkSpec, build_chunk, torch_dtype
     from runtime.optim import OptimConfig, build_optimizer
     from profiler.timing import time_call_s
 
     chunk = build_chunk(spec, ChunkSpec(0, optimizer_layers(spec), False, False), dtype=torch_dtype(spec.dtype),
-                        device=device)
+                        device=device, tp_group=tp_mesh.get_group() if tp_mesh is not None else None)
+    if tp_mesh is not None:
+        from runtime.tensor_parallel import parallelize_chunk
+
+        parallelize_chunk(chunk, tp_mesh, False)
     opt = build_optimizer([chunk], OptimConfig())
     params = [p for p in chunk.parameters() if p.requires_grad]
     for p in params:
         p.grad = torch.randn_like(p) * 1e-3
     opt.step()  # state allocation happens on the first step
     t = statistics.median(time_call_s(opt.step, device) for _ in range(repeats))
-    return t / sum(p.numel() for p in params)
+    local = [p.to_local() if hasattr(p, "to_local") else p for p in params]
+    return t / sum(p.numel() for p in local)
 
 
 def layers_worker(opts: dict) -> dict:
@@ -169,8 +176,12 @@ def layers_worker(opts: dict) -> dict:
     device = local_device()
     world = dist.get_world_size()
     rows: list[dict] = []
+    optimizer_tp: dict[int, float] = {}
     for tp in opts["tp"]:
         mesh = _tp_mesh(world, tp, device)
+        if mesh is not None:
+            dist.barrier()
+            optimizer_tp[tp] = optimizer_step_s_per_param(spec, device, tp_mesh=mesh)
         for sp in ([False, True] if opts["sequence_parallel"] and tp > 1 else [False]):
             bench = BlockBench(spec, mesh, sp, device)
             samplers = []
@@ -200,7 +211,7 @@ def layers_worker(opts: dict) -> dict:
     dist.barrier()
     opt = optimizer_step_s_per_param(spec, device)
     return {"rows": rows, "matmul_flops_per_s": rate, "memory_bytes_per_s": bw, "optimizer_s_per_param": opt,
-            "threads": torch.get_num_threads()}
+            "optimizer_tp": [[tp, v] for tp, v in sorted(optimizer_tp.items())], "threads": torch.get_num_threads()}
 
 
 def combine_ranks(per_rank: list[dict]) -> tuple[list[dict], dict[str, float]]:
@@ -217,4 +228,6 @@ def combine_ranks(per_rank: list[dict]) -> tuple[list[dict], dict[str, float]]:
         out.append(row)
     rates = {k: statistics.median(r[k] for r in per_rank)
              for k in ("matmul_flops_per_s", "memory_bytes_per_s", "optimizer_s_per_param")}
+    by_tp = [dict((int(tp), v) for tp, v in r.get("optimizer_tp") or []) for r in per_rank]
+    rates["optimizer_tp"] = {tp: statistics.median(d[tp] for d in by_tp) for tp in by_tp[0]} if by_tp else {}
     return out, rates

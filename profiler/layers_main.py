@@ -76,6 +76,8 @@ def write_profile(out: str, spec, per_rank: list[dict], world: int, threads: int
                     DeviceRate(name="memory_bandwidth", value=rates["memory_bytes_per_s"], concurrency=conc),
                     DeviceRate(name="optimizer_adamw_s_per_param", value=rates["optimizer_s_per_param"],
                                concurrency=conc))
+    device_rates += tuple(DeviceRate(name=f"optimizer_adamw_s_per_param_tp{tp}", value=v, concurrency=conc)
+                          for tp, v in sorted((rates.get("optimizer_tp") or {}).items()))
     p = Profile(header=header, blocks=blocks, device_rates=device_rates, models={spec.name: spec.to_dict()})
     p.save(out)
     print(_summary(p))

@@ -98,6 +98,7 @@ def assemble(cm, config: ParallelConfig, replicas: ExpertReplicas | None = None)
 
     zro = cm.options.zero1 == "zero_redundancy_optimizer" and config.zero_stage == 1
     units = _fsdp_units(cm, config)
+    opt_rate = cm.optimizer_rate(config)
 
     measured = (cm.profile.grad_sync_s_per_element(config.compression, config.dp)
                 if config.compression != "none" and config.zero_stage == 0 and config.grad_sync == "allreduce"
@@ -131,7 +132,7 @@ def assemble(cm, config: ParallelConfig, replicas: ExpertReplicas | None = None)
         end_all = max(end_all, res.finish_s[r] + exposed)
         codec_total = max(codec_total, codec)
         opt_s = max(opt_s, optimizer_s(dense + expert, config.zero_stage, config.dp if not expert else
-                                       min(config.dp, edp), cm.hw.hbm_bytes_per_s, cm.optimizer_s_per_param))
+                                       min(config.dp, edp), cm.hw.hbm_bytes_per_s, opt_rate))
         if config.zero_stage >= 3 and config.dp > 1:
             n, per_node = group_layout(config.degrees, "dp", dpn)
             # ZeRO-3 / FSDP re-gathers the parameters in the forward and again in the backward of every

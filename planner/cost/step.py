@@ -127,6 +127,7 @@ class CostModel:
         self.optimizer_s_per_param: float | None = rate
         """Measured AdamW seconds per parameter (the profiler times the runtime's optimizer step); None: the
         memory-bound estimate of planner/cost/sync.py."""
+        self._optimizer_tp_rates: dict[int, float | None] = {}
         self.capacity_bytes = float(cluster.device.memory_bytes) * (1.0 - eff.MEMORY_SAFETY_MARGIN)
         self._block_cache: dict[tuple, BlockTime] = {}
         self._chunk_cache: dict[tuple, tuple[ChunkDurations, ...]] = {}
@@ -207,6 +208,18 @@ class CostModel:
         if self._shared_host:
             return self.at_concurrency(self._concurrency_of(config)).pipeline_durations(config)
         return self._durations(config)
+
+    def optimizer_rate(self, config: ParallelConfig) -> float | None:
+        """Measured optimizer seconds per local parameter for ``config``: the runtime steps tensor-parallel
+        DTensors where no DDP wraps them (dp 1) or FSDP shards them (ZeRO-2/3), and DTensor dispatch costs
+        per tensor, so the profile's ``optimizer_adamw_s_per_param_tp<t>`` answers there when measured."""
+        if config.tp > 1 and (config.dp == 1 or config.zero_stage >= 2) and hasattr(self.profile, "device_rate"):
+            if config.tp not in self._optimizer_tp_rates:
+                self._optimizer_tp_rates[config.tp] = self.profile.device_rate(
+                    f"optimizer_adamw_s_per_param_tp{config.tp}")
+            if self._optimizer_tp_rates[config.tp]:
+                return self._optimizer_tp_rates[config.tp]
+        return self.optimizer_s_per_param
 
     # ------------------------------------------------------------------ shared hosts
     def at_concurrency(self, k: float) -> "CostModel":

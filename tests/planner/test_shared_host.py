@@ -131,3 +131,13 @@ def test_measured_compressed_sync_replaces_the_wire_and_codec_model():
     # not measured for this method: the analytical model answers
     assert cm.estimate(cfg.replace(compression="int8")).breakdown["dp_sync_exposed"] != pytest.approx(
         MODEL.total_params() * rate, rel=1e-3)
+
+
+def test_tensor_parallel_dtensor_optimizer_rate_applies_where_the_runtime_steps_dtensors():
+    prof = _profile()
+    prof = Profile(header=prof.header, blocks=prof.blocks, collectives=prof.collectives, models=prof.models,
+                   device_rates=prof.device_rates + (DeviceRate("optimizer_adamw_s_per_param_tp2", 4e-8, 4),))
+    cm = CostModel(MODEL, resolve_cluster("cpu", gpus=4), prof).at_concurrency(4.0)
+    assert cm.optimizer_rate(_cfg(tp=2, pp=2)) == pytest.approx(4e-8)  # no DDP: DTensor parameters
+    assert cm.optimizer_rate(_cfg(tp=2, dp=2)) == pytest.approx(OPT_S_PER_PARAM * SLOWDOWN[4])  # DDP: local
+    assert cm.optimizer_rate(_cfg(tp=2, dp=2, zero_stage=2)) == pytest.approx(4e-8)  # FSDP: DTensors again
