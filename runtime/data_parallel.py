@@ -157,13 +157,16 @@ def allreduce_grads(modules: list[nn.Module], group, bucket_size_bytes: int) -> 
 
 
 def set_grad_sync(module: nn.Module, enabled: bool):
-    """Context for gradient accumulation over micro-batches: reduce only on the last backward."""
+    """Context for gradient accumulation over micro-batches: DDP reduces only on the last backward.
+
+    FSDP (ZeRO-2/3) reduce-scatters every micro-batch instead: its gradients are sharded by definition
+    (Rajbhandari et al. 2020 Sec 5.2), and the planner's memory model counts them sharded. Skipping the
+    sync would accumulate full gradients of the whole chunk on every rank: for the default plan
+    (Llama-3.1 70B, tp4, ZeRO-3, 32 micro-batches) 70 GB per GPU that the plan does not have."""
     import contextlib
 
     if isinstance(module, DDP):
         return contextlib.nullcontext() if enabled else module.no_sync()
-    if hasattr(module, "set_requires_gradient_sync"):
-        module.set_requires_gradient_sync(enabled)
     return contextlib.nullcontext()
 
 

@@ -21,11 +21,23 @@ def static_bytes(cm, block: Block, config: ParallelConfig, expert_copies: float 
     dense, expert = mem.block_params_on_rank(block, config.tp, config.ep)
     expert *= expert_copies
     gb = cm.options.grad_bytes
-    d = mem.bytes_per_param(cm.model.dtype_bytes, config.zero_stage, config.dp, gb)
+    zero = memory_zero_stage(config)
+    d = mem.bytes_per_param(cm.model.dtype_bytes, zero, config.dp, gb)
     edp = max(config.tp * config.dp // config.ep, 1)
-    e = mem.bytes_per_param(cm.model.dtype_bytes, config.zero_stage, edp, gb)
+    e = mem.bytes_per_param(cm.model.dtype_bytes, zero, edp, gb)
     return (dense * d.weights + expert * e.weights, dense * d.grads + expert * e.grads,
             dense * d.optimizer + expert * e.optimizer)
+
+
+def memory_zero_stage(config: ParallelConfig) -> int:
+    """The ZeRO stage whose sharding the rank's parameters and gradients really get. Under pipeline parallelism
+    with several micro-batches, ZeRO-2/3 keep only the optimizer state sharded: torch pipelining keeps FSDP
+    parameters and gradients unsharded from the first backward to the last (torch/distributed/pipelining/
+    stage.py: ``set_reshard_after_backward(False)``, ``set_requires_gradient_sync(False)``), and DeepSpeed
+    allows only ZeRO-1 with its pipeline engine. So they hold ZeRO-1's bytes."""
+    if config.zero_stage >= 2 and config.pp > 1 and config.num_micro_batches > 1:
+        return 1
+    return config.zero_stage
 
 
 def activation_bytes(cm, block: Block, config: ParallelConfig, recompute: str, layer_block: bool = True) -> float:
@@ -98,7 +110,7 @@ def memory_estimate(cm, config: ParallelConfig, expert_copies: float = 1.0) -> M
 def other_bytes(cm, config: ParallelConfig) -> float:
     m = cm.model
     gather = 0.0
-    if config.zero_stage >= 3:  # two layers' full weights gathered at once (current + prefetch)
+    if memory_zero_stage(config) >= 3:  # two layers' full weights gathered at once (current + prefetch)
         lt = cm.graph.layer_types[-1]
         dense = sum(mem.block_params_on_rank(b, config.tp, config.ep)[0] for b in lt.blocks)
         gather = 2 * dense * m.dtype_bytes

@@ -25,6 +25,9 @@ Default pruning rules (each lifted for its dimension by ``--fix``, see ``constra
   uncompressed gradients, so a compressed ZeRO-1 would be a duplicate at the same cost), 'fp16' only
   when fixed (same bytes and cost as 'bf16'), int8 / topk / powersgd only with the flat all-reduce
   (planner.compression.check_combination);
+* ZeRO-2/3 only with pp = 1 (or pinned): under pipelining they keep parameters and gradients unsharded
+  across micro-batches (planner/cost/rank_memory.py ``memory_zero_stage``), so ZeRO-1 holds the same
+  bytes with less traffic;
 * what the runtime cannot run yet is left out: ZeRO >= 1 with MoE layers (runtime/data_parallel.py), and on
   a gloo cluster (the ``cpu`` preset) schedules other than ``GLOO_SCHEDULES`` and ZeRO stages other than
   ``GLOO_ZERO_STAGES`` (both can still be pinned with --fix).
@@ -196,7 +199,7 @@ def sync_options(space: SearchSpace, g: ComputeGroup) -> Iterator[SyncOption]:
              and (c.is_fixed("grad_sync") or s == "allreduce" or (s == "hierarchical" and hier))]
     gloo = space.cluster.backend == "gloo"
     zeros = [z for z in (0, 1, 2, 3) if c.allows("zero", z) and (c.is_fixed("zero") or z == 0 or (
-        g.dp > 1 and not space.model.is_moe and (not gloo or z in GLOO_ZERO_STAGES)))]
+        g.dp > 1 and not space.model.is_moe and (not gloo or z in GLOO_ZERO_STAGES) and (z < 2 or g.pp == 1)))]
     comps = [x for x in ("none", "fp16", "bf16", "int8", "topk", "powersgd") if c.allows("compression", x)
              and (c.is_fixed("compression") or x in DEFAULT_COMPRESSIONS)]
     for z in zeros:
