@@ -6,6 +6,7 @@ from __future__ import annotations
 from planner.collectives import group_layout
 from planner.cost import memory as mem
 from planner.cost.pipeline import makespan
+from planner.cost.rank_memory import memory_zero_stage
 from planner.cost.replicas import ExpertReplicas, replica_grad_sync_s
 from planner.cost.step import _type_counts
 from planner.cost.sync import exposed_after_backward_s, grad_sync_s, optimizer_s
@@ -98,6 +99,9 @@ def assemble(cm, config: ParallelConfig, replicas: ExpertReplicas | None = None)
 
     zro = cm.options.zero1 == "zero_redundancy_optimizer" and config.zero_stage == 1
     units = _fsdp_units(cm, config)
+    # FSDP gathers and reduce-scatters every micro-batch at pp = 1 (runtime/data_parallel.py set_grad_sync);
+    # under pipelining it gathers once and reduce-scatters once (rank_memory.memory_zero_stage)
+    every_mb = config.zero_stage >= 2 and memory_zero_stage(config) >= 2
     opt_rate = cm.optimizer_rate(config)
 
     measured = (cm.profile.grad_sync_s_per_element(config.compression, config.dp)
@@ -125,15 +129,15 @@ def assemble(cm, config: ParallelConfig, replicas: ExpertReplicas | None = None)
             # ZeroRedundancyOptimizer broadcasts them inside optimizer.step(), never overlapped. ZeRO-2 as
             # FSDP (reshard_after_forward=False) re-gathers in every micro-batch's forward: FSDP reshards
             # after each backward (torch FSDP2 post-backward), so m gathers per step
-            if config.zero_stage == 2:
+            if config.zero_stage == 2 and every_mb:
                 ag *= m
-            gather_cover = first_fwd[r] * (m if config.zero_stage == 2 else 1)
+            gather_cover = first_fwd[r] * (m if config.zero_stage == 2 and every_mb else 1)
             exposed += max(0.0, ag - gather_cover) if config.overlap_grad_reduce and not zro else ag
         end_all = max(end_all, res.finish_s[r] + exposed)
         codec_total = max(codec_total, codec)
         opt_s = max(opt_s, optimizer_s(dense + expert, config.zero_stage, config.dp if not expert else
                                        min(config.dp, edp), cm.hw.hbm_bytes_per_s, opt_rate))
-        if config.zero_stage >= 3 and config.dp > 1:
+        if every_mb and config.dp > 1:
             n, per_node = group_layout(config.degrees, "dp", dpn)
             # ZeRO-3 / FSDP re-gathers the parameters in the forward and again in the backward of every
             # micro-batch and reduce-scatters that micro-batch's gradients into the shards: 3x the parameter
@@ -141,8 +145,11 @@ def assemble(cm, config: ParallelConfig, replicas: ExpertReplicas | None = None)
             # reduce-scatter is the step's DP sync priced above, so it is not counted twice here.
             # These run on their own stream beside the compute; only what exceeds the compute is exposed.
             # one collective per FSDP unit (a transformer block; runtime/data_parallel.py)
+            # ZeRO-2 keeps the gathered parameters from forward to backward: its forward gathers are the
+            # m x ag above, so only its per-micro-batch reduce-scatters land here
             u = max(1, units[r])
-            gather = 2 * u * cm.comm.time_s("all_gather", dense * mdl.dtype_bytes / u, n, per_node)
+            gather = (2 * u * cm.comm.time_s("all_gather", dense * mdl.dtype_bytes / u, n, per_node)
+                      if config.zero_stage >= 3 else 0.0)
             scatter = u * cm.comm.time_s("reduce_scatter", dense * cm.options.grad_bytes / u, n, per_node) * (m - 1) / m
             per_mb = busy[r] / m
             zero3 = max(zero3, m * max(0.0, gather + scatter - per_mb))

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 
 from planner.cost import efficiency as eff
+from planner.cost.rank_memory import memory_zero_stage
 
 try:  # owned by the communication engineer; plain bytes until it lands
     from planner import compression as _compression
@@ -67,7 +68,10 @@ def grad_sync_s(comm, config, elements: float, axis: str, group_size: int, dtype
     if config.zero_stage >= 1:
         reduce_op = "all_reduce" if zero1_allreduce and config.zero_stage == 1 else "reduce_scatter"
         rs = n_b * comm(reduce_op, per_elems * GRAD_BYTES, axis)
-        ag = n_b * comm("all_gather", per_elems * dtype_bytes, axis) if config.zero_stage < 3 else 0.0
+        # ZeRO-3 re-gathers in every micro-batch (priced per micro-batch in assemble.py), except under
+        # pipelining, which keeps the gathered parameters until the step (rank_memory.memory_zero_stage)
+        ag = (n_b * comm("all_gather", per_elems * dtype_bytes, axis)
+              if config.zero_stage < 3 or memory_zero_stage(config) < 3 else 0.0)
         return rs, n_b, ag, codec
     if method != "none" and measured_s_per_element:
         return elements * measured_s_per_element, n_b, 0.0, 0.0
