@@ -33,8 +33,6 @@ class RebalanceResult:
     objective_before_s: float
     """Makespan proxy (partition_problem objective) of the original split, with the measured speeds."""
     objective_after_s: float
-    rounds: int
-    """CP-SAT solves: 1 (the field predates the exact per-rank speed model; kept for plan provenance)."""
     solver_status: str
 
 
@@ -121,7 +119,7 @@ def rebalance_split(pin: Any, config: ParallelConfig, layers: Sequence[int], mea
     else:
         status = res.status
     return RebalanceResult(stage_layers=tuple(best[1]), stage_recompute_layers=tuple(best[2]), speeds=speeds,
-                           objective_before_s=before, objective_after_s=best[0], rounds=1, solver_status=status)
+                           objective_before_s=before, objective_after_s=best[0], solver_status=status)
 
 
 _PIN_FIELDS = ("layer_time_s", "layer_full_recompute_extra_s", "layer_static_bytes", "layer_activation_bytes",

@@ -60,7 +60,7 @@ def rebalanced_plan(plan: Plan, trace: dict[str, Any], source: str, profile: Any
         "previous_stage_layers": list(cfg.layers_per_chunk(plan.model)),
         "measured_chunk_s": measured, "rank_speeds": list(res.speeds),
         "objective_before_s": res.objective_before_s, "objective_after_s": res.objective_after_s,
-        "solver": "planner.search.partition.solve_cpsat", "solver_status": res.solver_status, "rounds": res.rounds}
+        "solver": "planner.search.partition.solve_cpsat", "solver_status": res.solver_status}
     rank_mem = [int(s.total_bytes) for s in est.memory_by_stage]
     new = Plan.build(plan.model, plan.cluster, new_cfg, predicted=est.to_dict(), provenance=provenance,
                      chunk_times_s=list(est.chunk_times_s), rank_memory_bytes=rank_mem,
