@@ -92,7 +92,8 @@ def plan(model_path: Path, profile: Path, world: int, fixes: dict[str, int], out
     return summary
 
 
-def bracketed_predictions(plans: dict[str, dict], before: Path, after: Path, out: Path) -> tuple[dict[str, float], float]:
+def bracketed_predictions(plans: dict[str, dict], before: Path, after: Path,
+                          out: Path) -> tuple[dict[str, float], float]:
     """Each plan re-priced with the mean of the profiles taken before and after the runs (``profiler merge
     --average``), and the drift: median ratio of block times after / before. Why: this shared VM's speed
     drifts by 10-30 % over minutes, which no cost model can predict; bracketing the runs with two profiles

@@ -66,7 +66,8 @@ class CostOptions:
 
     def __post_init__(self) -> None:
         if self.zero1 not in ZERO1_IMPLEMENTATIONS:
-            raise ConfigError(f"cost option zero1 must be one of {', '.join(ZERO1_IMPLEMENTATIONS)}, got {self.zero1!r}")
+            raise ConfigError(f"cost option zero1 must be one of {', '.join(ZERO1_IMPLEMENTATIONS)}, "
+                              f"got {self.zero1!r}")
 
 
 @lru_cache(maxsize=4096)
