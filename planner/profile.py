@@ -16,7 +16,7 @@ File format: JSON (human-readable, diff-able), ``kind = "hybridplan.profile"``, 
 
 Device rates (per rank, all ranks running): ``matmul_<dtype>`` FLOP/s of a 512^3 matmul,
 ``memory_bandwidth`` bytes/s of a streaming add, ``optimizer_adamw_s_per_param`` seconds per parameter of
-the runtime's AdamW step (``..._tp<t>``: over tensor-parallel DTensors, per local parameter),
+the runtime's gradient clipping and AdamW step (``..._tp<t>``: over tensor-parallel DTensors, per local parameter),
 ``grad_sync_<method>_g<group>_s_per_element`` the runtime's compressed gradient sync per element
 (profiler/grad_sync.py). Long-form records, no keys parsed out of strings (STYLE.md 7). ``fits`` are
 recomputed from the raw samples on load (one source of truth), so they can never disagree with them.

@@ -144,7 +144,7 @@ def optimizer_layers(spec: ModelSpec) -> int:
 
 def optimizer_step_s_per_param(spec: ModelSpec, device: torch.device, repeats: int = 7, tp_mesh: Any = None) -> float:
     """Seconds per parameter of the runtime's own optimizer step (runtime/optim.py: AdamW, per-parameter
-    loop) over ``optimizer_layers`` transformer layers, while every rank runs one; a memory-bandwidth model
+    loop, after the gradient-norm clipping it always does) over ``optimizer_layers`` transformer layers, while every rank runs one; a memory-bandwidth model
     misses the per-tensor dispatch that dominates small models on CPU. With ``tp_mesh`` the layers are
     tensor-parallel DTensors, as the runtime's optimizer sees them without DDP (measured: DTensor dispatch
     made a tp4 step 2.5x slower per local parameter than plain tensors); per local parameter."""
@@ -162,9 +162,18 @@ def optimizer_step_s_per_param(spec: ModelSpec, device: torch.device, repeats: i
     params = [p for p in chunk.parameters() if p.requires_grad]
     for p in params:
         p.grad = torch.randn_like(p) * 1e-3
-    opt.step()  # state allocation happens on the first step
-    t = statistics.median(time_call_s(opt.step, device) for _ in range(repeats))
     local = [p.to_local() if hasattr(p, "to_local") else p for p in params]
+    grads = [p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad for p in params]
+
+    def clip_and_step() -> None:
+        # what the runtime does after backward on every rank (runtime/grads.py finalize_grads, default
+        # max_grad_norm 1.0): per-tensor norms in one fused call, the clip multiply, then the step
+        norm = torch.stack(torch._foreach_norm(grads, 2)).double().pow(2).sum().sqrt().item()
+        torch._foreach_mul_(grads, min(1.0, 1.0 / (norm + 1e-6)))
+        opt.step()
+
+    clip_and_step()  # state allocation happens on the first step
+    t = statistics.median(time_call_s(clip_and_step, device) for _ in range(repeats))
     return t / sum(p.numel() for p in local)
 
 
