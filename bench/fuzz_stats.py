@@ -27,6 +27,7 @@ def main(argv: list[str]) -> int:
     sys.path.insert(0, str(ROOT))
     import pytest
 
+    os.environ["HYBRIDPLAN_FUZZ_RANDOM"] = "1"  # fresh random inputs (the test suite uses fixed seeds)
     from tests.reliability import fuzzlib
 
     target = ["tests/reliability"] if "--all" in argv else sorted(

@@ -213,6 +213,10 @@ from hypothesis import HealthCheck, settings  # noqa: E402  (kept beside its onl
 
 FUZZ_SETTINGS = settings(
     deadline=None,  # the machine is shared and loaded; timing is not what these tests check
+    # a fixed seed per test: the count tests (test_*_count) assert how many distinct inputs were fed, and a
+    # random draw put the trace total at 439-497 against a target of 450 (flaky); bench/fuzz_stats.py sets
+    # HYBRIDPLAN_FUZZ_RANDOM=1 and draws fresh random inputs every run
+    derandomize=os.environ.get("HYBRIDPLAN_FUZZ_RANDOM") != "1",
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
     print_blob=True,  # a failure prints the blob that reproduces it (@reproduce_failure)
 )
