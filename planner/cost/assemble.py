@@ -95,7 +95,7 @@ def assemble(cm, config: ParallelConfig, replicas: ExpertReplicas | None = None)
     opt_s = 0.0
     zero3 = 0.0
     codec_total = 0.0
-    sync_memo: dict[tuple[float, float], tuple[float, int, float, float]] = {}
+    sync_memo: dict[tuple[float, float, int], tuple[float, int, float, float]] = {}
 
     zro = cm.options.zero1 == "zero_redundancy_optimizer" and config.zero_stage == 1
     units = _fsdp_units(cm, config)
@@ -127,26 +127,24 @@ def assemble(cm, config: ParallelConfig, replicas: ExpertReplicas | None = None)
         exposed += replica_sync[r]  # replica gradients are summed after the backward, before the DP reduction
         if ag:  # updated parameters: gathered after the step, overlapped with the next forward when enabled;
             # ZeroRedundancyOptimizer broadcasts them inside optimizer.step(), never overlapped. ZeRO-2 as
-            # FSDP (reshard_after_forward=False) re-gathers in every micro-batch's forward: FSDP reshards
-            # after each backward (torch FSDP2 post-backward), so m gathers per step
-            if config.zero_stage == 2 and every_mb:
-                ag *= m
-            gather_cover = first_fwd[r] * (m if config.zero_stage == 2 and every_mb else 1)
-            exposed += max(0.0, ag - gather_cover) if config.overlap_grad_reduce and not zro else ag
+            # FSDP (reshard_after_forward=False) gathers again in every micro-batch's forward: FSDP2 reshards
+            # after each backward (its post-backward), so m gathers per step, each beside one forward
+            gathers = m if config.zero_stage == 2 and every_mb else 1
+            ag *= gathers
+            exposed += max(0.0, ag - gathers * first_fwd[r]) if config.overlap_grad_reduce and not zro else ag
         end_all = max(end_all, res.finish_s[r] + exposed)
         codec_total = max(codec_total, codec)
         opt_s = max(opt_s, optimizer_s(dense + expert, config.zero_stage, config.dp if not expert else
                                        min(config.dp, edp), cm.hw.hbm_bytes_per_s, opt_rate))
         if every_mb and config.dp > 1:
             n, per_node = group_layout(config.degrees, "dp", dpn)
-            # ZeRO-3 / FSDP re-gathers the parameters in the forward and again in the backward of every
-            # micro-batch and reduce-scatters that micro-batch's gradients into the shards: 3x the parameter
-            # volume per forward/backward (Rajbhandari et al. 2020 Sec 7.2.2). The last micro-batch's
-            # reduce-scatter is the step's DP sync priced above, so it is not counted twice here.
-            # These run on their own stream beside the compute; only what exceeds the compute is exposed.
-            # one collective per FSDP unit (a transformer block; runtime/data_parallel.py)
-            # ZeRO-2 keeps the gathered parameters from forward to backward: its forward gathers are the
-            # m x ag above, so only its per-micro-batch reduce-scatters land here
+            # FSDP's per-micro-batch traffic (breakdown "zero3_gather", ZeRO-2's scatters included), one
+            # collective per FSDP unit (a transformer block; runtime/data_parallel.py). ZeRO-3 re-gathers the
+            # parameters in the forward and again in the backward of every micro-batch (Rajbhandari et al.
+            # 2020 Sec 7.2.2); ZeRO-2 keeps them from forward to backward, its forward gathers are the m x ag
+            # above. Both reduce-scatter every micro-batch's gradients; the last one is the step's DP sync
+            # priced above, so (m - 1) / m of them land here. They run beside the compute on their own
+            # stream; only what exceeds the compute is exposed.
             u = max(1, units[r])
             gather = (2 * u * cm.comm.time_s("all_gather", dense * mdl.dtype_bytes / u, n, per_node)
                       if config.zero_stage >= 3 else 0.0)

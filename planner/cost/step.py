@@ -70,6 +70,20 @@ class CostOptions:
                               f"got {self.zero1!r}")
 
 
+CACHE_LIMIT = 50_000
+"""Entries per CostModel cache before it is emptied: a long search must not grow memory without bound."""
+
+
+def _memo(cache: dict, key: Any, make) -> Any:
+    """``cache[key]``, made by ``make()`` on a miss; the cache is emptied when it reaches CACHE_LIMIT."""
+    got = cache.get(key)
+    if got is None:
+        if len(cache) >= CACHE_LIMIT:
+            cache.clear()
+        got = cache[key] = make()
+    return got
+
+
 @lru_cache(maxsize=4096)
 def _type_counts(graph: LayerGraph, first: int, last: int, n_full: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """(layers per type, of which under full recompute) for [first, last); full recompute covers the
@@ -232,11 +246,8 @@ class CostModel:
 
     def _concurrency_of(self, config: ParallelConfig, expert_placement: Any = None) -> float:
         key = (config, None if expert_placement is None else tuple(map(tuple, expert_placement)))
-        k = self._k_cache.get(key)
-        if k is None:
-            k = self._k_cache[key] = shared_host.concurrency_for(
-                self, config, lambda c: self._estimate_at(c, config, expert_placement))[0]
-        return k
+        return _memo(self._k_cache, key, lambda: shared_host.concurrency_for(
+            self, config, lambda c: self._estimate_at(c, config, expert_placement))[0])
 
     def _estimate_at(self, k: float, config: ParallelConfig, expert_placement: Any = None) -> Estimate:
         """``config`` priced at concurrency ``k`` with nothing overlapped: on a shared host gloo's collectives
@@ -254,27 +265,14 @@ class CostModel:
                 config.schedule in SPLIT_BACKWARD_SCHEDULES)
 
     def _durations(self, config: ParallelConfig) -> PipelineDurations:
-        key = (self._chunk_key(config), config.schedule, config.pp, config.dp)
-        got = self._durations_cache.get(key)
-        if got is None:
-            got = PipelineDurations(schedule=config.schedule, pp=config.pp, chunks=self._chunks(config),
-                                    p2p_s=p2p_s(self, config),
-                                    p2p_blocking=not self.options.pp_comm_overlap and config.pp > 1)
-            if len(self._durations_cache) > 50_000:
-                self._durations_cache.clear()
-            self._durations_cache[key] = got
-        return got
+        return _memo(self._durations_cache, (self._chunk_key(config), config.schedule, config.pp, config.dp),
+                     lambda: PipelineDurations(schedule=config.schedule, pp=config.pp, chunks=self._chunks(config),
+                                               p2p_s=p2p_s(self, config),
+                                               p2p_blocking=not self.options.pp_comm_overlap and config.pp > 1))
 
     def _chunks(self, config: ParallelConfig) -> tuple[ChunkDurations, ...]:
         """Per chunk durations, cached on ``_chunk_key``."""
-        key = self._chunk_key(config)
-        got = self._chunk_cache.get(key)
-        if got is None:
-            got = self._chunks_uncached(config)
-            if len(self._chunk_cache) > 50_000:
-                self._chunk_cache.clear()
-            self._chunk_cache[key] = got
-        return got
+        return _memo(self._chunk_cache, self._chunk_key(config), lambda: self._chunks_uncached(config))
 
     def _chunks_uncached(self, config: ParallelConfig) -> tuple[ChunkDurations, ...]:
         lts = self._layer_times(config)
@@ -311,14 +309,8 @@ class CostModel:
         return self._memory(config, expert_replicas(self.model, config.ep, expert_placement))
 
     def _memory(self, config: ParallelConfig, replicas: ExpertReplicas | None = None) -> MemoryEstimate:
-        key = (config, replicas)
-        got = self._memory_cache.get(key)
-        if got is None:
-            got = rank_memory.memory_estimate(self, config, replicas.copies if replicas else 1.0)
-            if len(self._memory_cache) > 50_000:
-                self._memory_cache.clear()
-            self._memory_cache[key] = got
-        return got
+        return _memo(self._memory_cache, (config, replicas),
+                     lambda: rank_memory.memory_estimate(self, config, replicas.copies if replicas else 1.0))
 
     def _static(self, block: Block, config: ParallelConfig, expert_copies: float = 1.0) -> tuple[float, float, float]:
         """(weights, gradients, optimizer) bytes of ``block`` on one rank (planner/cost/rank_memory.py)."""
